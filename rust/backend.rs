@@ -1,0 +1,404 @@
+//! `UringStorageIo`'s semantics in plain Rust: the file table, append positions reserved at
+//! submission, datasyncs ordered after the writes before them, and completions kept until
+//! the caller collects them.
+//!
+//! Ordering datasyncs. io_uring starts SQEs in any order it likes and an fsync SQE does not
+//! wait for write SQEs ahead of it (io_uring_enter(2)). We hold a datasync back in user
+//! space until every write submitted before it to the same file has completed, then issue
+//! it. The alternatives were weighed:
+//! - IOSQE_IO_DRAIN orders the sync after *every* earlier SQE of the ring, other files
+//!   included, and stalls every later SQE behind it: one slow file stalls all of them;
+//! - IOSQE_IO_LINK chains one SQE to the next, so the writes before a sync would have to be
+//!   one serial chain (or one SQE), and a short write breaks the chain and cancels the sync.
+//!
+//! Holding back costs one extra trip through the completion queue per sync that finds writes
+//! still in flight, and none when the writes are already done (the common group-commit case,
+//! where the caller waits for its appends before syncing); it orders only what must be
+//! ordered, per file, and needs no kernel feature.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::config::IoUringConfig;
+use crate::manager::{Finished, Metrics, RingManager};
+use crate::ring::Unavailable;
+
+/// What `register_fd` hands out: the instance, the slot in the fixed-file table, and the
+/// slot's generation, so a handle kept after `deregister_fd` is recognised as stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Handle {
+    pub owner: u64,
+    pub slot: u32,
+    pub generation: u32,
+}
+
+#[derive(Debug)]
+pub enum BackendError {
+    BadFd(String),
+    /// The buffers a write needs are all in flight; `make_room` and retry.
+    NoRoom,
+    /// No buffers will come back: nothing is in flight to free one.
+    BufferExhausted(String),
+    TooManyFiles(String),
+    Os(io::Error),
+}
+
+impl From<io::Error> for BackendError {
+    fn from(e: io::Error) -> Self {
+        BackendError::Os(e)
+    }
+}
+
+struct OpenFile {
+    // Our duplicate: closing it is what deregistering means; the ring refers to it by slot.
+    _descriptor: OwnedFd,
+    append_position: u64,
+    next_write_seq: u64,
+    /// Sequence numbers of this file's writes not yet completed.
+    writes_in_flight: BTreeSet<u64>,
+    /// Datasyncs waiting for earlier writes: (token, last write sequence they cover).
+    held_syncs: VecDeque<(u64, u64)>,
+    /// Every operation on this file not yet completed, held syncs included.
+    operations: usize,
+}
+
+struct FileSlot {
+    generation: u32,
+    file: Option<OpenFile>,
+}
+
+/// A completion waiting for the caller: (token, result).
+pub type Completion = (u64, i64);
+
+pub struct UringBackend {
+    manager: RingManager,
+    owner: u64,
+    slots: Vec<FileSlot>,
+    free_slots: Vec<u32>,
+    ready: Vec<Completion>,
+    held_syncs: usize,
+    finished: Vec<Finished>,
+}
+
+impl UringBackend {
+    /// `config` must already be validated.
+    pub fn new(core_id: usize, config: &IoUringConfig, owner: u64) -> Result<Self, Unavailable> {
+        let manager = RingManager::new(core_id, config)?;
+        Ok(Self {
+            manager,
+            owner,
+            slots: (0..config.max_files)
+                .map(|_| FileSlot {
+                    generation: 0,
+                    file: None,
+                })
+                .collect(),
+            free_slots: (0..config.max_files).rev().collect(),
+            ready: Vec::new(),
+            held_syncs: 0,
+            finished: Vec::new(),
+        })
+    }
+
+    pub fn manager(&self) -> &RingManager {
+        &self.manager
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.manager.metrics()
+    }
+
+    /// Submitted and not yet handed back.
+    pub fn pending_count(&self) -> usize {
+        self.outstanding() + self.ready.len()
+    }
+
+    fn outstanding(&self) -> usize {
+        self.manager.in_flight() + self.held_syncs
+    }
+
+    pub fn register_fd(&mut self, fd: RawFd) -> Result<Handle, BackendError> {
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on any integer is defined; a bad one gives EBADF.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: `dup` is a descriptor we just created and nobody else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let size = file_size(&owned)?;
+        let Some(slot) = self.free_slots.pop() else {
+            return Err(BackendError::TooManyFiles(format!(
+                "all {} file slots are in use: deregister a file or raise IoUringConfig.max_files",
+                self.slots.len()
+            )));
+        };
+        if let Err(e) = self.manager.set_file(slot, owned.as_raw_fd()) {
+            self.free_slots.push(slot);
+            return Err(e.into());
+        }
+        let entry = &mut self.slots[slot as usize];
+        entry.file = Some(OpenFile {
+            _descriptor: owned,
+            append_position: size,
+            next_write_seq: 0,
+            writes_in_flight: BTreeSet::new(),
+            held_syncs: VecDeque::new(),
+            operations: 0,
+        });
+        Ok(Handle {
+            owner: self.owner,
+            slot,
+            generation: entry.generation,
+        })
+    }
+
+    fn file_mut(&mut self, handle: Handle) -> Result<&mut OpenFile, BackendError> {
+        let owner = self.owner;
+        self.slots
+            .get_mut(handle.slot as usize)
+            .filter(|s| handle.owner == owner && s.generation == handle.generation)
+            .and_then(|s| s.file.as_mut())
+            .ok_or_else(|| bad_fd(handle, owner))
+    }
+
+    pub fn check_handle(&mut self, handle: Handle) -> Result<(), BackendError> {
+        self.file_mut(handle).map(|_| ())
+    }
+
+    /// Whether a write of `len` bytes can be copied in now without waiting for buffers.
+    fn has_room(&self, len: usize) -> bool {
+        match self.manager.buffers_needed(len) {
+            Some(needed) => self.manager.free_buffers() >= needed,
+            None => true, // travels from its own copy
+        }
+    }
+
+    pub fn submit_write(
+        &mut self,
+        handle: Handle,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<u64, BackendError> {
+        self.file_mut(handle)?;
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG).into());
+        }
+        if !self.has_room(data.len()) {
+            return Err(BackendError::NoRoom);
+        }
+        Ok(self.issue_write(handle, data, offset))
+    }
+
+    pub fn submit_append(&mut self, handle: Handle, data: &[u8]) -> Result<u64, BackendError> {
+        let position = self.file_mut(handle)?.append_position;
+        if position
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG).into());
+        }
+        if !self.has_room(data.len()) {
+            return Err(BackendError::NoRoom);
+        }
+        // The range is reserved now, in submission order, whatever order the kernel
+        // finishes the writes in; a failed append leaves its range as a hole, as it does on
+        // every backend.
+        self.file_mut(handle)?.append_position = position + data.len() as u64;
+        Ok(self.issue_write(handle, data, position))
+    }
+
+    fn issue_write(&mut self, handle: Handle, data: &[u8], offset: u64) -> u64 {
+        let file = self.file_mut(handle).expect("handle checked by the caller");
+        let seq = file.next_write_seq;
+        file.next_write_seq += 1;
+        file.writes_in_flight.insert(seq);
+        file.operations += 1;
+        self.manager.submit_write(handle.slot, data, offset, seq)
+    }
+
+    pub fn submit_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
+        let file = self.file_mut(handle)?;
+        file.operations += 1;
+        if file.writes_in_flight.is_empty() {
+            return Ok(self.manager.submit_datasync(handle.slot, 0));
+        }
+        let covers = file.next_write_seq - 1;
+        let token = self.manager.reserve_token();
+        self.file_mut(handle)?.held_syncs.push_back((token, covers));
+        self.held_syncs += 1;
+        Ok(token)
+    }
+
+    /// Hands queued work to the kernel; returns how many SQEs went.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        self.manager.flush()
+    }
+
+    /// Reaps what the kernel has finished and turns it into ready completions, issuing the
+    /// datasyncs whose writes are now all done.
+    fn collect(&mut self) {
+        let mut finished = std::mem::take(&mut self.finished);
+        loop {
+            finished.clear();
+            self.manager.reap(&mut finished);
+            if finished.is_empty() {
+                break;
+            }
+            for done in &finished {
+                self.ready.push((done.token, done.result));
+                let slot = done.file_slot;
+                let file = self.slots[slot as usize]
+                    .file
+                    .as_mut()
+                    .expect("a file stays registered while it has operations in flight");
+                file.operations -= 1;
+                if !done.is_write {
+                    continue;
+                }
+                file.writes_in_flight.remove(&done.tag);
+                let oldest = file.writes_in_flight.first().copied();
+                while let Some(&(token, covers)) = file.held_syncs.front() {
+                    if oldest.is_some_and(|seq| seq <= covers) {
+                        break;
+                    }
+                    file.held_syncs.pop_front();
+                    self.held_syncs -= 1;
+                    self.manager.push_datasync(token, slot, 0);
+                }
+            }
+        }
+        self.finished = finished;
+    }
+
+    /// Never blocks on I/O: submits what is queued and hands back what is ready.
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.manager.flush()?;
+        self.collect();
+        // Datasyncs released by `collect` should not wait for the next call.
+        self.manager.flush()?;
+        out.append(&mut self.ready);
+        Ok(())
+    }
+
+    /// Blocks until `min_complete` completions are ready (or every outstanding operation is,
+    /// if fewer are outstanding) or `timeout` passes. On EINTR the completions stay queued
+    /// for the next call.
+    pub fn wait(
+        &mut self,
+        min_complete: usize,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> io::Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.manager.flush()?;
+            self.collect();
+            let target = min_complete.min(self.ready.len() + self.outstanding());
+            if self.ready.len() >= target {
+                break;
+            }
+            let remaining = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(r) if !r.is_zero() => Some(r),
+                    _ => break,
+                },
+                None => None,
+            };
+            self.manager.wait_for_cqe(remaining)?;
+        }
+        self.manager.flush()?;
+        out.append(&mut self.ready);
+        Ok(())
+    }
+
+    /// Blocks until a write of `len` bytes fits in the free buffers.
+    pub fn make_room(&mut self, len: usize) -> Result<(), BackendError> {
+        while !self.has_room(len) {
+            self.manager.flush()?;
+            self.collect();
+            if self.has_room(len) {
+                break;
+            }
+            if self.manager.in_flight() == 0 {
+                return Err(BackendError::BufferExhausted(format!(
+                    "a write of {len} bytes needs more registered buffers than are free, and \
+                     none is in flight to come back"
+                )));
+            }
+            match self.manager.wait_for_cqe(None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until nothing is outstanding on `handle`'s file (others' completions are kept
+    /// for the next poll), then closes the backend's descriptor.
+    pub fn deregister_fd(&mut self, handle: Handle) -> Result<(), BackendError> {
+        while self.file_mut(handle)?.operations > 0 {
+            self.drive()?;
+        }
+        self.manager.set_file(handle.slot, -1)?;
+        let slot = &mut self.slots[handle.slot as usize];
+        slot.file = None; // closes our duplicate
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free_slots.push(handle.slot);
+        Ok(())
+    }
+
+    /// Submits, reaps, and if nothing finished, sleeps until the kernel posts something.
+    fn drive(&mut self) -> io::Result<()> {
+        self.manager.flush()?;
+        let before = self.ready.len();
+        self.collect();
+        if self.ready.len() == before && self.outstanding() > 0 {
+            match self.manager.wait_for_cqe(None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every operation in flight, then releases the files. The ring and buffers
+    /// go when the backend is dropped.
+    pub fn close(&mut self) -> io::Result<()> {
+        while self.outstanding() > 0 {
+            self.drive()?;
+        }
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.file.take().is_some() {
+                let _ = self.manager.set_file(index as u32, -1);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_fd(handle: Handle, owner: u64) -> BackendError {
+    if handle.owner != owner {
+        BackendError::BadFd(format!("{handle:?} belongs to another StorageIo instance"))
+    } else {
+        BackendError::BadFd(format!(
+            "{handle:?} is not registered (deregistered or never issued)"
+        ))
+    }
+}
+
+fn file_size(fd: &OwnedFd) -> io::Result<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success, which is checked before reading it.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so the struct is initialised.
+    let stat = unsafe { stat.assume_init() };
+    Ok(u64::try_from(stat.st_size).unwrap_or(0))
+}

@@ -1,0 +1,17 @@
+//! storage_io's native core: a per-core io_uring write path (Linux) and its Python binding.
+//!
+//! Plain Rust below `python`, so `cargo test` checks the core without an interpreter.
+
+pub mod config;
+
+#[cfg(target_os = "linux")]
+pub mod backend;
+#[cfg(target_os = "linux")]
+pub mod buffers;
+#[cfg(target_os = "linux")]
+pub mod manager;
+#[cfg(target_os = "linux")]
+pub mod ring;
+
+#[cfg(feature = "python")]
+mod python;

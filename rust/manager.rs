@@ -1,0 +1,544 @@
+//! The per-core ring manager: one ring, its registered buffers and files, the table of
+//! operations in flight keyed by one token counter, and the single place where completions
+//! are turned back into finished operations (short writes continued, buffers returned).
+//!
+//! An operation is what a caller submitted (one token). A write may travel as several
+//! parts, one per registered buffer, each its own SQE; the SQE's user_data is
+//! `token << PART_BITS | part`, so every CQE finds its operation and its part.
+
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::buffers::BufferPool;
+use crate::config::{IoUringConfig, RingMode};
+use crate::ring::{build_ring, describe_buffer_registration_error, Unavailable};
+
+/// Enough bits to number the parts of a write spread over every buffer of the largest pool.
+const PART_BITS: u32 = 16;
+const PART_MASK: u64 = (1 << PART_BITS) - 1;
+/// The kernel moves at most this many bytes in one write (MAX_RW_COUNT); longer parts are
+/// continued like a short write.
+const MAX_BYTES_PER_SQE: usize = 0x7fff_f000;
+
+/// Tokens are handed out in sequence, so a multiplicative hash spreads them well and costs
+/// one multiply instead of SipHash on the hot path.
+#[derive(Default)]
+pub struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
+
+/// Where the bytes of one part of a write live while the kernel reads them.
+enum Source {
+    /// A registered buffer of the pool (written with `WriteFixed`).
+    Registered(u32),
+    /// A private copy, for a write larger than the whole pool (written with `Write`).
+    Owned(Box<[u8]>),
+}
+
+struct Part {
+    source: Source,
+    offset: u64,
+    len: usize,
+    /// Bytes the kernel has confirmed so far; a short write resubmits from here.
+    done: usize,
+}
+
+enum Kind {
+    Write {
+        parts: Vec<Part>,
+        parts_left: usize,
+        first_error: Option<i32>,
+        total: usize,
+    },
+    Sync,
+}
+
+struct Operation {
+    file_slot: u32,
+    /// The caller's own tag, returned with the completion (the backend's write sequence).
+    tag: u64,
+    kind: Kind,
+    submitted_at: Instant,
+}
+
+/// One operation the kernel has finished with: all its parts completed, its buffers back in
+/// the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub token: u64,
+    /// Bytes written (the whole write), 0 for a datasync, or a negative errno.
+    pub result: i64,
+    pub file_slot: u32,
+    pub is_write: bool,
+    pub tag: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes_written: u64,
+    pub latency_ns_total: u64,
+    pub sqes_submitted: u64,
+    pub short_writes_continued: u64,
+    pub enter_calls: u64,
+}
+
+pub struct RingManager {
+    // Field order is drop order: the ring (and with it the kernel's hold on the buffers and
+    // files) goes before the pool's memory is unmapped.
+    ring: IoUring,
+    pool: BufferPool,
+    mode: RingMode,
+    fallback_reason: Option<String>,
+    core_id: usize,
+    next_token: u64,
+    in_flight: TokenMap<Operation>,
+    /// SQEs that did not fit the submission queue; pushed, in order, at the next flush.
+    backlog: VecDeque<squeue::Entry>,
+    /// SQEs pushed to the queue since the last flush.
+    queued: usize,
+    cqe_scratch: Vec<(u64, i32)>,
+    metrics: Metrics,
+}
+
+impl RingManager {
+    pub fn new(core_id: usize, config: &IoUringConfig) -> Result<Self, Unavailable> {
+        let built = build_ring(config)?;
+        let pool = BufferPool::new(config.buffer_size, config.buffer_count)
+            .map_err(|e| Unavailable(format!("allocating the buffer pool failed: {e}")))?;
+        let iovecs = pool.iovecs();
+        // SAFETY: every iovec points into the pool's arena, which stays mapped until the
+        // pool is dropped, and the pool is dropped after the ring (field order above).
+        unsafe { built.ring.submitter().register_buffers(&iovecs) }.map_err(|e| {
+            Unavailable(describe_buffer_registration_error(
+                &e,
+                config.buffer_size * config.buffer_count,
+            ))
+        })?;
+        built
+            .ring
+            .submitter()
+            .register_files_sparse(config.max_files)
+            .map_err(|e| {
+                Unavailable(format!(
+                    "registering {} file slots failed: {e}",
+                    config.max_files
+                ))
+            })?;
+        Ok(Self {
+            ring: built.ring,
+            pool,
+            mode: built.mode,
+            fallback_reason: built.fallback_reason,
+            core_id,
+            next_token: 1,
+            in_flight: TokenMap::default(),
+            backlog: VecDeque::new(),
+            queued: 0,
+            cqe_scratch: Vec::with_capacity(config.ring_entries as usize * 2),
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn mode(&self) -> RingMode {
+        self.mode
+    }
+
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    pub fn core_id(&self) -> usize {
+        self.core_id
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics
+    }
+
+    pub fn buffer_size(&self) -> usize {
+        self.pool.buffer_size()
+    }
+
+    pub fn free_buffers(&self) -> usize {
+        self.pool.free_count()
+    }
+
+    /// Operations handed to the ring (or its backlog) whose completion has not been reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// How many registered buffers a write of `len` bytes needs, or `None` when it is larger
+    /// than the whole pool and travels from its own copy instead.
+    pub fn buffers_needed(&self, len: usize) -> Option<usize> {
+        let parts = len.div_ceil(self.pool.buffer_size()).max(1);
+        (parts <= self.pool.count()).then_some(parts)
+    }
+
+    /// Puts `slot` of the fixed-file table to `fd`, or empties it with -1. Only called when
+    /// no operation in flight uses the slot.
+    pub fn set_file(&self, slot: u32, fd: i32) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_files_update(slot, &[fd])
+            .map(|_| ())
+    }
+
+    fn take_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    /// Copies `data` into registered buffers (or one private copy) and queues its parts.
+    /// The caller has checked that `buffers_needed(data.len())` buffers are free.
+    pub fn submit_write(&mut self, file_slot: u32, data: &[u8], offset: u64, tag: u64) -> u64 {
+        let token = self.take_token();
+        let parts = match self.buffers_needed(data.len()) {
+            Some(_) if data.is_empty() => vec![self.registered_part(&[], offset)],
+            Some(_) => data
+                .chunks(self.pool.buffer_size())
+                .enumerate()
+                .map(|(i, chunk)| {
+                    self.registered_part(chunk, offset + (i * self.pool.buffer_size()) as u64)
+                })
+                .collect(),
+            None => vec![Part {
+                source: Source::Owned(data.into()),
+                offset,
+                len: data.len(),
+                done: 0,
+            }],
+        };
+        for (index, part) in parts.iter().enumerate() {
+            let entry = self.part_entry(file_slot, token, index, part);
+            self.push(entry);
+        }
+        let parts_left = parts.len();
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag,
+                kind: Kind::Write {
+                    parts,
+                    parts_left,
+                    first_error: None,
+                    total: data.len(),
+                },
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
+        token
+    }
+
+    fn registered_part(&mut self, chunk: &[u8], offset: u64) -> Part {
+        let index = self
+            .pool
+            .acquire()
+            .expect("caller checked that enough buffers are free");
+        self.pool.buffer_mut(index)[..chunk.len()].copy_from_slice(chunk);
+        Part {
+            source: Source::Registered(index),
+            offset,
+            len: chunk.len(),
+            done: 0,
+        }
+    }
+
+    fn part_entry(&self, file_slot: u32, token: u64, index: usize, part: &Part) -> squeue::Entry {
+        part_entry(&self.pool, file_slot, token, index, part)
+    }
+}
+
+/// The SQE that writes what is left of `part`.
+fn part_entry(
+    pool: &BufferPool,
+    file_slot: u32,
+    token: u64,
+    index: usize,
+    part: &Part,
+) -> squeue::Entry {
+    {
+        let remaining = (part.len - part.done).min(MAX_BYTES_PER_SQE) as u32;
+        let offset = part.offset + part.done as u64;
+        let user_data = token << PART_BITS | index as u64;
+        let file = types::Fixed(file_slot);
+        match &part.source {
+            Source::Registered(buffer) => {
+                let pointer = pool.pointer(*buffer).wrapping_add(part.done);
+                opcode::WriteFixed::new(file, pointer, remaining, *buffer as u16)
+                    .offset(offset)
+                    .build()
+                    .user_data(user_data)
+            }
+            Source::Owned(bytes) => {
+                opcode::Write::new(file, bytes[part.done..].as_ptr(), remaining)
+                    .offset(offset)
+                    .build()
+                    .user_data(user_data)
+            }
+        }
+    }
+}
+
+impl RingManager {
+    /// Queues an fdatasync of the file in `file_slot`. Ordering against earlier writes is
+    /// the backend's job; this only issues it.
+    pub fn submit_datasync(&mut self, file_slot: u32, tag: u64) -> u64 {
+        let token = self.take_token();
+        self.push_datasync(token, file_slot, tag);
+        token
+    }
+
+    /// Reserves a token for a datasync that the backend holds back and issues later with
+    /// `push_datasync`.
+    pub fn reserve_token(&mut self) -> u64 {
+        self.take_token()
+    }
+
+    pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) {
+        let entry = opcode::Fsync::new(types::Fixed(file_slot))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(token << PART_BITS);
+        self.push(entry);
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag,
+                kind: Kind::Sync,
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            let mut queue = self.ring.submission();
+            // SAFETY: every buffer an SQE points at (a registered buffer or an owned copy)
+            // belongs to an operation in `in_flight`, which keeps it alive and unaliased until
+            // the CQE of that part is reaped; the fixed file slot stays registered until the
+            // backend sees no operation on it.
+            if unsafe { queue.push(&entry) }.is_ok() {
+                self.queued += 1;
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn after_push(&mut self) {
+        // With SQPOLL the kernel thread takes entries as they land; only a sleeping thread
+        // needs a wake-up call, which `submit` makes only when IORING_SQ_NEED_WAKEUP is set.
+        // In standard mode entries wait for the next flush, so a batch costs one syscall.
+        if self.mode == RingMode::Sqpoll && self.backlog.is_empty() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Hands every queued SQE (backlog included) to the kernel; returns how many.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let mut handed = 0;
+        loop {
+            self.move_backlog();
+            let queued = std::mem::take(&mut self.queued);
+            // Nothing to hand over: skip the syscall, unless completions wait in the kernel's
+            // overflow list, which only an enter moves back into the ring.
+            if queued == 0 && !self.ring.submission().cq_overflow() {
+                return Ok(handed);
+            }
+            handed += queued;
+            self.metrics.sqes_submitted += queued as u64;
+            self.enter(0, None)?;
+            if self.backlog.is_empty() {
+                return Ok(handed);
+            }
+            if self.mode == RingMode::Sqpoll {
+                // The kernel thread has not consumed the queue yet; sleep until it has room.
+                self.metrics.enter_calls += 1;
+                self.ring.submitter().squeue_wait()?;
+            }
+        }
+    }
+
+    fn move_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            let mut queue = self.ring.submission();
+            // SAFETY: as in `push`: the entry's buffer and file slot belong to an operation
+            // still in flight.
+            if unsafe { queue.push(entry) }.is_err() {
+                break;
+            }
+            drop(queue);
+            self.backlog.pop_front();
+            self.queued += 1;
+        }
+    }
+
+    /// One io_uring_enter: submits what is queued and, with `want > 0`, blocks until that
+    /// many CQEs are posted or `timeout` passes. A timeout is not an error.
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        self.metrics.enter_calls += 1;
+        let submitter = self.ring.submitter();
+        let result = match timeout {
+            Some(t) if want > 0 => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                submitter.submit_with_args(want, &args)
+            }
+            _ => submitter.submit_and_wait(want),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            // The completion queue is full and the kernel wants it drained before it takes
+            // more; the caller reaps and comes back.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Submits what is queued and blocks until at least one CQE is posted or `timeout`
+    /// passes. EINTR comes back as an error so the caller can run signal handlers.
+    pub fn wait_for_cqe(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.move_backlog();
+        self.metrics.sqes_submitted += std::mem::take(&mut self.queued) as u64;
+        if !self.ring.completion().is_empty() {
+            return Ok(());
+        }
+        self.enter(1, timeout)
+    }
+
+    /// Reaps every posted CQE without blocking. Parts cut short are resubmitted for their
+    /// rest; an operation whose last part is done is appended to `out`.
+    pub fn reap(&mut self, out: &mut Vec<Finished>) {
+        let mut scratch = std::mem::take(&mut self.cqe_scratch);
+        loop {
+            scratch.clear();
+            scratch.extend(
+                self.ring
+                    .completion()
+                    .map(|cqe| (cqe.user_data(), cqe.result())),
+            );
+            if scratch.is_empty() {
+                break;
+            }
+            for &(user_data, result) in &scratch {
+                self.complete_part(user_data, result, out);
+            }
+        }
+        self.cqe_scratch = scratch;
+    }
+
+    fn complete_part(&mut self, user_data: u64, result: i32, out: &mut Vec<Finished>) {
+        let token = user_data >> PART_BITS;
+        let index = (user_data & PART_MASK) as usize;
+        let Some(op) = self.in_flight.get_mut(&token) else {
+            debug_assert!(false, "CQE for unknown token {token}");
+            return;
+        };
+        let finished_result = match &mut op.kind {
+            Kind::Sync => i64::from(result),
+            Kind::Write {
+                parts,
+                parts_left,
+                first_error,
+                total,
+            } => {
+                let part = &mut parts[index];
+                if result > 0 {
+                    part.done += result as usize;
+                    if part.done < part.len {
+                        // A short write (a signal, a file-size limit, a nearly full disk):
+                        // write the rest from where the kernel stopped. If the cause
+                        // persists, the next attempt returns the errno instead.
+                        let entry = part_entry(&self.pool, op.file_slot, token, index, part);
+                        self.metrics.short_writes_continued += 1;
+                        self.push(entry);
+                        return;
+                    }
+                } else if result == 0 && part.done < part.len {
+                    // No progress on a non-empty write: report it rather than retry forever.
+                    first_error.get_or_insert(-libc::EIO);
+                } else if result < 0 {
+                    first_error.get_or_insert(result);
+                }
+                if let Source::Registered(buffer) = part.source {
+                    self.pool.release(buffer);
+                }
+                *parts_left -= 1;
+                if *parts_left > 0 {
+                    return;
+                }
+                match first_error {
+                    Some(errno) => i64::from(*errno),
+                    None => *total as i64,
+                }
+            }
+        };
+        let op = self
+            .in_flight
+            .remove(&token)
+            .expect("operation looked up above");
+        let is_write = matches!(op.kind, Kind::Write { .. });
+        self.metrics.completed += 1;
+        if finished_result < 0 {
+            self.metrics.failed += 1;
+        } else if let Kind::Write { total, .. } = op.kind {
+            self.metrics.bytes_written += total as u64;
+        }
+        self.metrics.latency_ns_total += op.submitted_at.elapsed().as_nanos() as u64;
+        out.push(Finished {
+            token,
+            result: finished_result,
+            file_slot: op.file_slot,
+            is_write,
+            tag: op.tag,
+        });
+    }
+}
+
+impl Drop for RingManager {
+    fn drop(&mut self) {
+        // The kernel may still read buffers of operations in flight; unmapping the pool under
+        // them would let it write garbage to disk. Wait them out (the backend normally has
+        // done so already; this covers unwinding paths).
+        let mut sink = Vec::new();
+        while !self.in_flight.is_empty() {
+            if self.flush().is_err() {
+                break;
+            }
+            self.reap(&mut sink);
+            if self.in_flight.is_empty() || self.wait_for_cqe(None).is_err() {
+                break;
+            }
+            sink.clear();
+        }
+    }
+}

@@ -1,0 +1,899 @@
+//! The PyO3 layer only: argument extraction, GIL release, error mapping. Semantics live in
+//! `backend`; nothing here decides what an operation does.
+
+use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
+use pyo3::{create_exception, ffi};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::{IoUringConfig, RingMode};
+
+create_exception!(
+    storage_io,
+    StorageIoError,
+    PyException,
+    "Base of every storage_io error."
+);
+create_exception!(
+    storage_io,
+    QueueFullError,
+    StorageIoError,
+    "The submission queue is full."
+);
+create_exception!(
+    storage_io,
+    BadFdError,
+    StorageIoError,
+    "Not a live IoFd of this instance."
+);
+create_exception!(
+    storage_io,
+    ClosedError,
+    StorageIoError,
+    "The instance is closed."
+);
+create_exception!(
+    storage_io,
+    BufferExhaustedError,
+    StorageIoError,
+    "No registered buffer is free and none can come back."
+);
+create_exception!(
+    storage_io,
+    UringUnavailableError,
+    StorageIoError,
+    "io_uring cannot be used here; the message says why."
+);
+
+static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-wide unique id for a backend instance (both backends take one), so a handle
+/// from one instance is recognised as foreign by another.
+#[pyfunction]
+fn new_instance_id() -> u64 {
+    NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+#[pyclass(name = "RingMode", module = "storage_io", eq, eq_int, frozen, hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PyRingMode {
+    #[pyo3(name = "STANDARD")]
+    Standard,
+    #[pyo3(name = "SQPOLL")]
+    Sqpoll,
+}
+
+#[pymethods]
+impl PyRingMode {
+    #[getter]
+    fn name(&self) -> &'static str {
+        RingMode::from(*self).name()
+    }
+}
+
+impl From<PyRingMode> for RingMode {
+    fn from(m: PyRingMode) -> Self {
+        match m {
+            PyRingMode::Standard => RingMode::Standard,
+            PyRingMode::Sqpoll => RingMode::Sqpoll,
+        }
+    }
+}
+
+impl From<RingMode> for PyRingMode {
+    fn from(m: RingMode) -> Self {
+        match m {
+            RingMode::Standard => PyRingMode::Standard,
+            RingMode::Sqpoll => PyRingMode::Sqpoll,
+        }
+    }
+}
+
+#[pyclass(name = "IoUringConfig", module = "storage_io", frozen, eq)]
+#[derive(Clone, PartialEq)]
+pub struct PyIoUringConfig {
+    inner: IoUringConfig,
+}
+
+/// An integer config field; a value no field could take is a ValueError naming the field.
+fn config_int<T: TryFrom<i64>>(field: &str, value: &Bound<'_, PyAny>) -> PyResult<T> {
+    if !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{field} must be an int, not {}",
+            type_name(value)
+        )));
+    }
+    value
+        .extract::<i64>()
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| PyValueError::new_err(format!("{field}={value} is out of range")))
+}
+
+#[pymethods]
+impl PyIoUringConfig {
+    #[new]
+    #[pyo3(signature = (
+        ring_entries = None, mode = None, sqpoll_idle_ms = None, sqpoll_cpu = None,
+        buffer_size = None, buffer_count = None, max_files = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        ring_entries: Option<&Bound<'_, PyAny>>,
+        mode: Option<PyRef<'_, PyRingMode>>,
+        sqpoll_idle_ms: Option<&Bound<'_, PyAny>>,
+        sqpoll_cpu: Option<&Bound<'_, PyAny>>,
+        buffer_size: Option<&Bound<'_, PyAny>>,
+        buffer_count: Option<&Bound<'_, PyAny>>,
+        max_files: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let d = IoUringConfig::default();
+        let inner = IoUringConfig {
+            ring_entries: ring_entries
+                .map_or(Ok(d.ring_entries), |v| config_int("ring_entries", v))?,
+            mode: mode.map_or(d.mode, |m| RingMode::from(*m)),
+            sqpoll_idle_ms: sqpoll_idle_ms
+                .map_or(Ok(d.sqpoll_idle_ms), |v| config_int("sqpoll_idle_ms", v))?,
+            sqpoll_cpu: sqpoll_cpu
+                .map(|v| config_int("sqpoll_cpu", v))
+                .transpose()?,
+            buffer_size: buffer_size.map_or(Ok(d.buffer_size), |v| config_int("buffer_size", v))?,
+            buffer_count: buffer_count
+                .map_or(Ok(d.buffer_count), |v| config_int("buffer_count", v))?,
+            max_files: max_files.map_or(Ok(d.max_files), |v| config_int("max_files", v))?,
+        };
+        inner.validate().map_err(|e| PyValueError::new_err(e.0))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn ring_entries(&self) -> u32 {
+        self.inner.ring_entries
+    }
+    #[getter]
+    fn mode(&self) -> PyRingMode {
+        self.inner.mode.into()
+    }
+    #[getter]
+    fn sqpoll_idle_ms(&self) -> u32 {
+        self.inner.sqpoll_idle_ms
+    }
+    #[getter]
+    fn sqpoll_cpu(&self) -> Option<u32> {
+        self.inner.sqpoll_cpu
+    }
+    #[getter]
+    fn buffer_size(&self) -> usize {
+        self.inner.buffer_size
+    }
+    #[getter]
+    fn buffer_count(&self) -> usize {
+        self.inner.buffer_count
+    }
+    #[getter]
+    fn max_files(&self) -> u32 {
+        self.inner.max_files
+    }
+
+    fn __repr__(&self) -> String {
+        let c = &self.inner;
+        format!(
+            "IoUringConfig(ring_entries={}, mode=RingMode.{}, sqpoll_idle_ms={}, sqpoll_cpu={}, \
+             buffer_size={}, buffer_count={}, max_files={})",
+            c.ring_entries,
+            c.mode.name(),
+            c.sqpoll_idle_ms,
+            c.sqpoll_cpu.map_or("None".to_string(), |v| v.to_string()),
+            c.buffer_size,
+            c.buffer_count,
+            c.max_files
+        )
+    }
+}
+
+/// The opaque handle `register_fd` returns.
+#[pyclass(name = "IoFd", module = "storage_io", frozen, eq, hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PyIoFd {
+    #[pyo3(get)]
+    owner: u64,
+    #[pyo3(get)]
+    slot: u32,
+    #[pyo3(get)]
+    generation: u32,
+}
+
+#[pymethods]
+impl PyIoFd {
+    #[new]
+    fn new(owner: u64, slot: u32, generation: u32) -> Self {
+        Self {
+            owner,
+            slot,
+            generation,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "IoFd(owner={}, slot={}, generation={})",
+            self.owner, self.slot, self.generation
+        )
+    }
+}
+
+#[pyclass(name = "IoCompletion", module = "storage_io", frozen, eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyIoCompletion {
+    #[pyo3(get)]
+    token: u64,
+    #[pyo3(get)]
+    result: i64,
+}
+
+#[pymethods]
+impl PyIoCompletion {
+    #[new]
+    fn new(token: u64, result: i64) -> Self {
+        Self { token, result }
+    }
+
+    #[getter]
+    fn ok(&self) -> bool {
+        self.result >= 0
+    }
+
+    /// An OSError carrying the errno of a failed operation, or None.
+    #[getter]
+    fn error(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        if self.result >= 0 {
+            return None;
+        }
+        let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
+        let err = PyOSError::new_err((errno, strerror(errno)));
+        Some(err.into_value(py).into_any())
+    }
+
+    fn __repr__(&self) -> String {
+        if self.result >= 0 {
+            format!("IoCompletion(token={}, result={})", self.token, self.result)
+        } else {
+            let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
+            format!(
+                "IoCompletion(token={}, result={}, error={:?})",
+                self.token,
+                self.result,
+                strerror(errno)
+            )
+        }
+    }
+}
+
+fn strerror(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.rfind(" (os error") {
+        Some(cut) => text[..cut].to_string(),
+        None => text,
+    }
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string())
+}
+
+/// A borrowed view of any object with the buffer protocol, held until dropped.
+///
+/// The stable ABI declares PyObject_GetBuffer only from 3.11, but CPython has exported it,
+/// with this `Py_buffer` layout, since 3.0, so a wheel built for 3.9 can still call it.
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut std::ffi::c_void,
+    obj: *mut ffi::PyObject,
+    len: ffi::Py_ssize_t,
+    itemsize: ffi::Py_ssize_t,
+    readonly: std::ffi::c_int,
+    ndim: std::ffi::c_int,
+    format: *mut std::ffi::c_char,
+    shape: *mut ffi::Py_ssize_t,
+    strides: *mut ffi::Py_ssize_t,
+    suboffsets: *mut ffi::Py_ssize_t,
+    internal: *mut std::ffi::c_void,
+}
+
+extern "C" {
+    fn PyObject_GetBuffer(
+        obj: *mut ffi::PyObject,
+        view: *mut RawBuffer,
+        flags: std::ffi::c_int,
+    ) -> std::ffi::c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+}
+
+struct BufferView {
+    raw: RawBuffer,
+}
+
+impl BufferView {
+    /// A C-contiguous view of `obj` (PyBUF_SIMPLE), or the error the object raised.
+    fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut raw = std::mem::MaybeUninit::<RawBuffer>::zeroed();
+        // SAFETY: `obj` is a live object (we hold the GIL and a reference); on success the
+        // view is filled in and must be released exactly once, which Drop does.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), raw.as_mut_ptr(), 0) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        // SAFETY: GetBuffer succeeded, so the struct is initialised.
+        Ok(Self {
+            raw: unsafe { raw.assume_init() },
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.raw.len == 0 || self.raw.buf.is_null() {
+            return &[];
+        }
+        // SAFETY: a PyBUF_SIMPLE view is `len` contiguous bytes at `buf`, valid until the
+        // view is released; the exporter cannot resize while the view is held.
+        unsafe { std::slice::from_raw_parts(self.raw.buf.cast::<u8>(), self.raw.len as usize) }
+    }
+}
+
+// SAFETY: the view pins its exporter's memory until release; reading the bytes from another
+// thread while the GIL is released is what the buffer protocol permits for a held export.
+unsafe impl Send for BufferView {}
+
+impl Drop for BufferView {
+    fn drop(&mut self) {
+        // SAFETY: filled by a successful PyObject_GetBuffer and released only here. Drop runs
+        // with the GIL held: views are created and dropped inside GIL-holding frames.
+        unsafe { PyBuffer_Release(&mut self.raw) }
+    }
+}
+
+/// The bytes of `data`, borrowed without a copy where the object allows it.
+enum Data<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    View(BufferView),
+}
+
+impl Data<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Bytes(b) => b.as_bytes(),
+            Data::View(v) => v.as_slice(),
+        }
+    }
+}
+
+fn extract_data<'py>(data: &Bound<'py, PyAny>) -> PyResult<Data<'py>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(Data::Bytes(bytes.clone()));
+    }
+    match BufferView::get(data) {
+        Ok(view) => Ok(Data::View(view)),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyBufferError>(data.py()) => {
+            // Bytes-like but not contiguous (a strided memoryview): take a contiguous copy.
+            let copy = data.py().get_type::<PyBytes>().call1((data,))?;
+            Ok(Data::Bytes(copy.cast_into::<PyBytes>()?))
+        }
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "data must be a bytes-like object (bytes, bytearray, memoryview, array...), not {}",
+            type_name(data)
+        ))),
+    }
+}
+
+fn extract_offset(offset: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if !offset.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "offset must be an int, not {}",
+            type_name(offset)
+        )));
+    }
+    match offset.extract::<i64>() {
+        Ok(v) if v >= 0 => Ok(v as u64),
+        _ => Err(PyValueError::new_err(format!(
+            "offset={offset} is out of range: allowed 0..={}",
+            i64::MAX
+        ))),
+    }
+}
+
+fn file_descriptor(file: &Bound<'_, PyAny>) -> PyResult<i32> {
+    if file.is_instance_of::<PyInt>() {
+        return file
+            .extract::<i32>()
+            .map_err(|_| PyValueError::new_err(format!("file descriptor {file} is out of range")));
+    }
+    match file.getattr("fileno") {
+        Ok(method) => method.call0()?.extract::<i32>(),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "file must be an int descriptor or have fileno(), not {}",
+            type_name(file)
+        ))),
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod uring {
+    use super::*;
+    use crate::backend::{BackendError, Completion, Handle, UringBackend};
+    use std::sync::{Mutex, MutexGuard, Once};
+
+    /// Bumped in every child after fork(): an instance remembers the value it was made under,
+    /// and a mismatch means "inherited from a parent", whose ring this process must not drive.
+    static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+    static WATCH_FORKS: Once = Once::new();
+
+    extern "C" fn after_fork_in_child() {
+        FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn fork_generation() -> u64 {
+        WATCH_FORKS.call_once(|| {
+            // SAFETY: registers a handler that only touches an atomic, which is
+            // async-signal-safe as fork handlers must be.
+            unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        });
+        FORK_GENERATION.load(Ordering::SeqCst)
+    }
+
+    /// A failure of a call, before or inside the backend.
+    enum CallError {
+        Backend(BackendError),
+        Python(PyErr),
+        Closed,
+    }
+
+    impl From<BackendError> for CallError {
+        fn from(e: BackendError) -> Self {
+            CallError::Backend(e)
+        }
+    }
+
+    impl From<std::io::Error> for CallError {
+        fn from(e: std::io::Error) -> Self {
+            CallError::Backend(BackendError::Os(e))
+        }
+    }
+
+    impl From<PyErr> for CallError {
+        fn from(e: PyErr) -> Self {
+            CallError::Python(e)
+        }
+    }
+
+    impl From<CallError> for PyErr {
+        fn from(e: CallError) -> PyErr {
+            match e {
+                CallError::Closed => ClosedError::new_err("this StorageIo instance is closed"),
+                CallError::Python(err) => err,
+                CallError::Backend(BackendError::BadFd(m)) => BadFdError::new_err(m),
+                CallError::Backend(BackendError::BufferExhausted(m)) => {
+                    BufferExhaustedError::new_err(m)
+                }
+                CallError::Backend(BackendError::TooManyFiles(m)) => StorageIoError::new_err(m),
+                CallError::Backend(BackendError::NoRoom) => {
+                    BufferExhaustedError::new_err("no registered buffer is free")
+                }
+                CallError::Backend(BackendError::Os(err)) => err.into(),
+            }
+        }
+    }
+
+    type CallResult<T> = Result<T, CallError>;
+
+    #[pyclass(name = "UringStorageIo", module = "storage_io", frozen)]
+    pub struct PyUringStorageIo {
+        backend: Mutex<Option<UringBackend>>,
+        owner: u64,
+        born_in_fork_generation: u64,
+        core_id: usize,
+        config: IoUringConfig,
+        mode: RingMode,
+        fallback_reason: Option<String>,
+    }
+
+    impl PyUringStorageIo {
+        fn check_not_inherited(&self) -> CallResult<()> {
+            if fork_generation() != self.born_in_fork_generation {
+                return Err(CallError::Python(ClosedError::new_err(
+                    "this io_uring instance was inherited across fork(); its ring belongs to the \
+                     parent process: create a new instance in the child",
+                )));
+            }
+            Ok(())
+        }
+
+        fn lock(&self) -> MutexGuard<'_, Option<UringBackend>> {
+            // A panic inside a call (a bug) poisons the lock; the state it guards is still
+            // consistent at every await point, so keep serving rather than wedge forever.
+            self.backend
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+
+        /// Runs `f` on the backend with the GIL held: for calls that do not sleep in the
+        /// kernel. When another thread holds the lock (it may be blocked in the kernel with
+        /// the GIL released), wait for the lock without the GIL, then try again.
+        fn call<R>(
+            &self,
+            py: Python<'_>,
+            f: impl FnOnce(&mut UringBackend) -> CallResult<R>,
+        ) -> CallResult<R> {
+            self.check_not_inherited()?;
+            loop {
+                if let Ok(mut guard) = self.backend.try_lock() {
+                    return f(guard.as_mut().ok_or(CallError::Closed)?);
+                }
+                py.detach(|| drop(self.lock()));
+            }
+        }
+
+        /// Runs `f` on the backend with the GIL released: for calls that may sleep in the
+        /// kernel, so that other threads run meanwhile.
+        fn call_blocking<R: Send>(
+            &self,
+            py: Python<'_>,
+            f: impl FnOnce(&mut UringBackend) -> CallResult<R> + Send,
+        ) -> CallResult<R> {
+            self.check_not_inherited()?;
+            py.detach(|| f(self.lock().as_mut().ok_or(CallError::Closed)?))
+        }
+
+        fn handle(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> CallResult<Handle> {
+            match fd.cast::<PyIoFd>() {
+                Ok(h) => {
+                    let h = h.get();
+                    Ok(Handle {
+                        owner: h.owner,
+                        slot: h.slot,
+                        generation: h.generation,
+                    })
+                }
+                Err(_) => {
+                    // Closed wins over a bad handle, as for every other check.
+                    self.call(py, |_| Ok(()))?;
+                    Err(BackendError::BadFd(format!(
+                        "expected an IoFd from register_fd(), got {}",
+                        type_name(fd)
+                    ))
+                    .into())
+                }
+            }
+        }
+
+        /// Submits a write with the given placement, waiting (GIL released) for buffers
+        /// when all are in flight.
+        fn submit_bytes(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            data: &Bound<'_, PyAny>,
+            offset: Option<&Bound<'_, PyAny>>,
+        ) -> CallResult<u64> {
+            let handle = self.handle(py, fd)?;
+            let data = extract_data(data);
+            let offset = offset.map(extract_offset);
+            loop {
+                let attempt = self.call(py, |backend| {
+                    backend.check_handle(handle)?;
+                    let bytes = data
+                        .as_ref()
+                        .map_err(|e| CallError::Python(e.clone_ref(py)))?;
+                    let bytes = bytes.as_slice();
+                    match &offset {
+                        Some(Ok(at)) => Ok(backend.submit_write(handle, bytes, *at)?),
+                        Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
+                        None => Ok(backend.submit_append(handle, bytes)?),
+                    }
+                });
+                match attempt {
+                    Err(CallError::Backend(BackendError::NoRoom)) => {
+                        let len = data.as_ref().map_or(0, |d| d.as_slice().len());
+                        self.call_blocking(py, |backend| Ok(backend.make_room(len)?))?;
+                    }
+                    other => return other,
+                }
+            }
+        }
+
+        fn completions(py: Python<'_>, ready: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
+            PyList::new(
+                py,
+                ready
+                    .into_iter()
+                    .map(|(token, result)| PyIoCompletion { token, result }),
+            )
+        }
+    }
+
+    #[pymethods]
+    impl PyUringStorageIo {
+        #[new]
+        #[pyo3(signature = (core_id = 0, config = None))]
+        fn new(
+            py: Python<'_>,
+            core_id: usize,
+            config: Option<PyRef<'_, PyIoUringConfig>>,
+        ) -> PyResult<Self> {
+            let config = config.map(|c| c.inner.clone()).unwrap_or_default();
+            config.validate().map_err(|e| PyValueError::new_err(e.0))?;
+            let owner = new_instance_id();
+            let born = fork_generation();
+            let backend = py
+                .detach(|| UringBackend::new(core_id, &config, owner))
+                .map_err(|e| UringUnavailableError::new_err(e.0))?;
+            Ok(Self {
+                mode: backend.manager().mode(),
+                fallback_reason: backend.manager().fallback_reason().map(str::to_string),
+                backend: Mutex::new(Some(backend)),
+                owner,
+                born_in_fork_generation: born,
+                core_id,
+                config,
+            })
+        }
+
+        fn register_fd(&self, py: Python<'_>, file: &Bound<'_, PyAny>) -> PyResult<PyIoFd> {
+            self.call(py, |_| Ok(()))?;
+            let raw = file_descriptor(file)?;
+            let h = self.call(py, |b| Ok(b.register_fd(raw)?))?;
+            Ok(PyIoFd {
+                owner: h.owner,
+                slot: h.slot,
+                generation: h.generation,
+            })
+        }
+
+        fn deregister_fd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+            let handle = self.handle(py, fd)?;
+            Ok(self.call_blocking(py, |b| Ok(b.deregister_fd(handle)?))?)
+        }
+
+        fn submit_write(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            data: &Bound<'_, PyAny>,
+            offset: &Bound<'_, PyAny>,
+        ) -> PyResult<u64> {
+            Ok(self.submit_bytes(py, fd, data, Some(offset))?)
+        }
+
+        fn submit_append(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            data: &Bound<'_, PyAny>,
+        ) -> PyResult<u64> {
+            Ok(self.submit_bytes(py, fd, data, None)?)
+        }
+
+        fn submit_datasync(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
+            let handle = self.handle(py, fd)?;
+            Ok(self.call(py, |b| Ok(b.submit_datasync(handle)?))?)
+        }
+
+        fn flush(&self, py: Python<'_>) -> PyResult<usize> {
+            Ok(self.call_blocking(py, |b| Ok(b.flush()?))?)
+        }
+
+        fn poll_completions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+            let ready = self.call_blocking(py, |b| {
+                let mut out = Vec::new();
+                b.poll(&mut out)?;
+                Ok(out)
+            })?;
+            Self::completions(py, ready)
+        }
+
+        #[pyo3(signature = (min_complete = 1, timeout = None))]
+        fn wait<'py>(
+            &self,
+            py: Python<'py>,
+            min_complete: i64,
+            timeout: Option<f64>,
+        ) -> PyResult<Bound<'py, PyList>> {
+            if min_complete < 0 {
+                return Err(PyValueError::new_err(format!(
+                    "min_complete={min_complete} is out of range: allowed 0 or more"
+                )));
+            }
+            let deadline = match timeout {
+                Some(t) if !(t >= 0.0 && t.is_finite()) => {
+                    return Err(PyValueError::new_err(format!(
+                        "timeout={t} is out of range: allowed None or a finite number >= 0"
+                    )));
+                }
+                Some(t) => Some(std::time::Instant::now() + Duration::from_secs_f64(t)),
+                None => None,
+            };
+            let min_complete = min_complete as usize;
+            loop {
+                let remaining =
+                    deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                let attempt = self.call_blocking(py, |b| {
+                    let mut out = Vec::new();
+                    b.wait(min_complete, remaining, &mut out)?;
+                    Ok(out)
+                });
+                match attempt {
+                    Err(CallError::Backend(BackendError::Os(e)))
+                        if e.kind() == std::io::ErrorKind::Interrupted =>
+                    {
+                        // A signal: let Python run its handler (which may raise, e.g.
+                        // KeyboardInterrupt; the completions stay queued for the next call).
+                        py.check_signals()?;
+                    }
+                    other => return Self::completions(py, other?),
+                }
+            }
+        }
+
+        fn pending_count(&self, py: Python<'_>) -> PyResult<usize> {
+            Ok(self.call(py, |b| Ok(b.pending_count()))?)
+        }
+
+        /// Waits for everything in flight, then releases the ring, buffers and descriptors.
+        /// Closing twice is harmless.
+        fn close(&self, py: Python<'_>) -> PyResult<()> {
+            self.check_not_inherited()?;
+            let result = py.detach(|| {
+                let taken = self.lock().take();
+                match taken {
+                    Some(mut backend) => backend.close(),
+                    None => Ok(()),
+                }
+            });
+            Ok(result?)
+        }
+
+        fn __enter__(slf: Py<Self>) -> Py<Self> {
+            slf
+        }
+
+        #[pyo3(signature = (*_args))]
+        fn __exit__(
+            &self,
+            py: Python<'_>,
+            _args: &Bound<'_, pyo3::types::PyTuple>,
+        ) -> PyResult<bool> {
+            self.close(py)?;
+            Ok(false)
+        }
+
+        #[getter]
+        fn backend(&self) -> &'static str {
+            match self.mode {
+                RingMode::Sqpoll => "uring-sqpoll",
+                RingMode::Standard => "uring",
+            }
+        }
+
+        #[getter]
+        fn mode(&self) -> PyRingMode {
+            self.mode.into()
+        }
+
+        #[getter]
+        fn fallback_reason(&self) -> Option<String> {
+            self.fallback_reason.clone()
+        }
+
+        #[getter]
+        fn core_id(&self) -> usize {
+            self.core_id
+        }
+
+        #[getter]
+        fn config(&self) -> PyIoUringConfig {
+            PyIoUringConfig {
+                inner: self.config.clone(),
+            }
+        }
+
+        #[getter]
+        fn closed(&self) -> bool {
+            fork_generation() != self.born_in_fork_generation || self.lock().is_none()
+        }
+
+        fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let m = self.call(py, |b| Ok(b.metrics()))?;
+            let d = PyDict::new(py);
+            d.set_item("submitted", m.submitted)?;
+            d.set_item("completed", m.completed)?;
+            d.set_item("failed", m.failed)?;
+            d.set_item("bytes_written", m.bytes_written)?;
+            d.set_item("latency_ns_total", m.latency_ns_total)?;
+            d.set_item("sqes_submitted", m.sqes_submitted)?;
+            d.set_item("short_writes_continued", m.short_writes_continued)?;
+            d.set_item("enter_calls", m.enter_calls)?;
+            Ok(d)
+        }
+
+        fn __repr__(&self) -> String {
+            format!(
+                "UringStorageIo(core_id={}, backend={:?}, owner={})",
+                self.core_id,
+                self.backend(),
+                self.owner
+            )
+        }
+    }
+
+    impl Drop for PyUringStorageIo {
+        fn drop(&mut self) {
+            let backend = self
+                .backend
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if fork_generation() != self.born_in_fork_generation {
+                // The parent's ring and buffers: this process must neither wait on nor
+                // unregister them. Leak our copy; the process image goes with exit.
+                std::mem::forget(backend);
+            } else if let Some(mut backend) = backend {
+                let _ = backend.close();
+            }
+        }
+    }
+
+    pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<PyUringStorageIo>()
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod uring {
+    use super::*;
+
+    /// io_uring is Linux only; elsewhere construction says so and the package falls back.
+    #[pyclass(name = "UringStorageIo", module = "storage_io", frozen)]
+    pub struct PyUringStorageIo;
+
+    #[pymethods]
+    impl PyUringStorageIo {
+        #[new]
+        #[pyo3(signature = (core_id = 0, config = None))]
+        fn new(core_id: usize, config: Option<PyRef<'_, PyIoUringConfig>>) -> PyResult<Self> {
+            let _ = (core_id, config.is_some());
+            Err(UringUnavailableError::new_err(
+                "io_uring needs Linux; this is another system",
+            ))
+        }
+    }
+
+    pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<PyUringStorageIo>()
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("StorageIoError", py.get_type::<StorageIoError>())?;
+    m.add("QueueFullError", py.get_type::<QueueFullError>())?;
+    m.add("BadFdError", py.get_type::<BadFdError>())?;
+    m.add("ClosedError", py.get_type::<ClosedError>())?;
+    m.add(
+        "BufferExhaustedError",
+        py.get_type::<BufferExhaustedError>(),
+    )?;
+    m.add(
+        "UringUnavailableError",
+        py.get_type::<UringUnavailableError>(),
+    )?;
+    m.add_class::<PyRingMode>()?;
+    m.add_class::<PyIoUringConfig>()?;
+    m.add_class::<PyIoFd>()?;
+    m.add_class::<PyIoCompletion>()?;
+    m.add_function(wrap_pyfunction!(new_instance_id, m)?)?;
+    uring::add(m)
+}
