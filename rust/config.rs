@@ -40,6 +40,7 @@ pub struct IoUringConfig {
     pub ring_entries: u32,
     pub mode: RingMode,
     pub sqpoll_idle_ms: u32,
+    /// The CPU the SQPOLL thread is pinned to; has no effect in STANDARD mode.
     pub sqpoll_cpu: Option<u32>,
     pub buffer_size: usize,
     pub buffer_count: usize,
@@ -96,12 +97,6 @@ impl IoUringConfig {
             ));
         }
         if let Some(cpu) = self.sqpoll_cpu {
-            if self.mode != RingMode::Sqpoll {
-                return Err(ConfigError(format!(
-                    "sqpoll_cpu={cpu} needs mode=SQPOLL (mode is {})",
-                    self.mode.name()
-                )));
-            }
             let cpus = online_cpus();
             if cpu >= cpus {
                 return Err(out_of_range(

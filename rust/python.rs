@@ -271,6 +271,14 @@ impl PyIoCompletion {
     }
 }
 
+/// An OSError whose `errno` is set (so Python maps it to FileNotFoundError and friends).
+fn os_error(err: &std::io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(errno) => PyOSError::new_err((errno, strerror(errno))),
+        None => PyOSError::new_err(err.to_string()),
+    }
+}
+
 fn strerror(errno: i32) -> String {
     let text = std::io::Error::from_raw_os_error(errno).to_string();
     match text.rfind(" (os error") {
@@ -482,7 +490,7 @@ mod uring {
                 CallError::Backend(BackendError::NoRoom) => {
                     BufferExhaustedError::new_err("no registered buffer is free")
                 }
-                CallError::Backend(BackendError::Os(err)) => err.into(),
+                CallError::Backend(BackendError::Os(err)) => os_error(&err),
             }
         }
     }
@@ -752,7 +760,7 @@ mod uring {
                     None => Ok(()),
                 }
             });
-            Ok(result?)
+            result.map_err(|e| os_error(&e))
         }
 
         fn __enter__(slf: Py<Self>) -> Py<Self> {

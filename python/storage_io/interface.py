@@ -1,0 +1,184 @@
+"""`StorageIo`: the interface every storage_io backend implements.
+
+The docstrings here are the user documentation of the methods; the backends
+(`UringStorageIo` in Rust, `SyncStorageIo` in Python) follow them.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Buffer, Self
+
+    from ._native import IoCompletion, IoFd
+
+__all__ = ["StorageIo"]
+
+
+class HasFileno(Protocol):
+    """Anything with a `fileno()` method, such as a file object or a socket."""
+
+    def fileno(self) -> int: ...
+
+
+class StorageIo(abc.ABC):
+    """A submission/completion write path for files on disk.
+
+    Submit writes, appends and datasyncs without waiting for them; each `submit_*` returns
+    a token (an int, unique on this instance). Collect the outcomes later with
+    `poll_completions()` (never blocks) or `wait()` (blocks): every token completes exactly
+    once, as an `IoCompletion` whose `result` is the number of bytes written (0 for a
+    datasync) or a negative errno.
+
+    Guarantees on every backend: a datasync completes only after all earlier writes and
+    appends to the same file; appends to one file land back to back in submission order;
+    a write completes whole or with an error, never short; no completion is dropped.
+
+    One instance may be shared by several threads (its calls are serialized), but the fast
+    path is one instance per thread or core. Use it as a context manager, or call
+    `close()`, to release its descriptors. Both `SyncStorageIo` and `UringStorageIo` are
+    instances of this class; `open_storage_io()` picks the best one for the machine.
+    """
+
+    __slots__ = ()
+
+    # -- identity ---------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def backend(self) -> str:
+        """What this instance is: ``"uring-sqpoll"``, ``"uring"`` or ``"sync"``."""
+
+    @property
+    @abc.abstractmethod
+    def fallback_reason(self) -> str | None:
+        """Why this instance is not the backend that was preferred, or None.
+
+        Set when `open_storage_io()` fell back to the sync backend (the reason io_uring could
+        not be used), or when an io_uring instance asked for SQPOLL but did not get it.
+        """
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once `close()` has been called."""
+
+    # -- files ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_fd(self, file: int | HasFileno) -> IoFd:
+        """Register a file for writing and return the handle the `submit_*` calls take.
+
+        `file` is an int descriptor or any object with a `fileno()` method. The backend
+        keeps its own duplicate of the descriptor, so the caller may close its own object
+        at once. The file's append position (used by `submit_append`) starts at the file's
+        size at registration.
+
+        Raises `TypeError` if `file` is neither, `OSError` (EBADF) if the descriptor is not
+        open, `ClosedError` after `close()`.
+        """
+
+    @abc.abstractmethod
+    def deregister_fd(self, fd: IoFd) -> None:
+        """Wait for that file's operations still in flight, then close the backend's
+        descriptor. Their completions stay available to `poll_completions()`/`wait()`.
+
+        The handle is dead afterwards: using it raises `BadFdError`.
+        """
+
+    # -- submissions ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def submit_write(self, fd: IoFd, data: Buffer, offset: int) -> int:
+        """Submit a write of `data` at byte `offset` of the file; return its token.
+
+        `data` is any bytes-like object (bytes, bytearray, memoryview, array.array...); its
+        length is its size in bytes. It is copied (or written) before the call returns, so
+        the caller may reuse it at once. A write of any size completes as one token, with
+        the full length or a negative errno.
+
+        Raises `ClosedError` after `close()`, `BadFdError` if `fd` is not a live handle of
+        this instance, `TypeError` if `data` is not bytes-like or `offset` not an int,
+        `ValueError` if `offset` is negative, `QueueFullError`/`BufferExhaustedError` when
+        the backend has no room (nothing earlier is affected: wait and retry). A failure of
+        the write itself (read-only file, full disk) is not raised: it completes with a
+        negative errno.
+        """
+
+    @abc.abstractmethod
+    def submit_append(self, fd: IoFd, data: Buffer) -> int:
+        """Submit a write of `data` at the file's append position; return its token.
+
+        The position advances by the size of `data` at submission, so appends land back to
+        back in submission order, whether or not the descriptor was opened with
+        ``O_APPEND``. Errors as for `submit_write`.
+        """
+
+    @abc.abstractmethod
+    def submit_datasync(self, fd: IoFd) -> int:
+        """Submit an ``fdatasync`` of the file; return its token.
+
+        It completes only after every write and append to that file submitted before it;
+        a result of 0 means all those bytes are durable. This is the group-commit point:
+        submit a batch of appends, then one datasync. Errors as for `submit_write`.
+        """
+
+    @abc.abstractmethod
+    def flush(self) -> int:
+        """Hand queued submissions to the kernel now; return how many were handed over.
+
+        `wait()` flushes by itself; call this when you want the I/O to start while you do
+        something else before collecting completions.
+        """
+
+    # -- completions ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def poll_completions(self) -> list[IoCompletion]:
+        """Return the completions that are ready (possibly none); never blocks."""
+
+    @abc.abstractmethod
+    def wait(self, min_complete: int = 1, timeout: float | None = None) -> list[IoCompletion]:
+        """Flush, then block until at least `min_complete` completions are ready, and return
+        all the ready ones.
+
+        If fewer operations are outstanding than `min_complete`, returns once all of them
+        are ready (it never waits for operations nobody submitted). `timeout` is in seconds
+        (None: no limit); when it passes, returns what is ready, possibly nothing. Other
+        threads may run while it blocks.
+
+        Raises `ValueError` if `min_complete` or `timeout` is negative.
+        """
+
+    @abc.abstractmethod
+    def pending_count(self) -> int:
+        """How many submitted operations have not yet been returned by a poll or wait."""
+
+    @abc.abstractmethod
+    def metrics(self) -> dict[str, int]:
+        """Counters of this instance: at least ``submitted``, ``completed``, ``failed``
+        (completed with a negative errno) and ``bytes_written``."""
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Wait for everything in flight, then release the ring, buffers and descriptors.
+
+        A second call does nothing; any other call afterwards raises `ClosedError`.
+        """
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
