@@ -1,0 +1,92 @@
+"""Helpers shared by the contract suite: collecting completions and checking them.
+
+Every helper fails the test (rather than hanging) when a completion never arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from storage_io import BufferExhaustedError, QueueFullError
+
+# Generous: a lost completion must fail the test, not hang the suite.
+DRAIN_DEADLINE_S = 30.0
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic, position-dependent bytes, so a misplaced chunk is visible."""
+    if size == 0:
+        return b""
+    block = bytes((i * 31 + seed * 17 + (i >> 8)) & 0xFF for i in range(4099))
+    reps = size // len(block) + 1
+    return (block * reps)[:size]
+
+
+def register_path(io: Any, path: Path, flags: int = os.O_WRONLY | os.O_CREAT) -> Any:
+    """Open `path`, register it and close the caller's descriptor at once (the backend keeps
+    its own duplicate, API.md `register_fd`)."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        return io.register_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def submit_with_retry(
+    io: Any, received: list, method: Callable[..., int], *args: Any, attempts: int = 10_000
+) -> int:
+    """Submit; on back-pressure (guarantee 7) wait for completions and retry.
+
+    Completions reaped while waiting are appended to `received` in delivery order. A raise
+    while nothing is outstanding would make the caller wait forever: that fails the test.
+    """
+    for _ in range(attempts):
+        before = io.pending_count()
+        try:
+            return method(*args)
+        except (QueueFullError, BufferExhaustedError) as exc:
+            after = io.pending_count()
+            assert after == before, f"a refused submission changed pending_count: {exc!r}"
+            if after == 0:
+                pytest.fail(f"back-pressure raised with nothing in flight: {exc!r}")
+            received.extend(io.wait(min_complete=1, timeout=5.0))
+    pytest.fail("submission refused too many times")
+
+
+def drain(io: Any, received: list | None = None, deadline_s: float = DRAIN_DEADLINE_S) -> list:
+    """Wait until `pending_count()` is 0; return every completion in delivery order
+    (`received` first)."""
+    out = list(received or [])
+    deadline = time.monotonic() + deadline_s
+    while io.pending_count() > 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"completions lost: pending_count() stays at {io.pending_count()}")
+        out.extend(io.wait(min_complete=1, timeout=1.0))
+    out.extend(io.poll_completions())
+    return out
+
+
+def assert_exactly_once(completions: Iterable, tokens: Iterable[int]) -> dict:
+    """Each submitted token completed exactly once and nothing else completed."""
+    completions = list(completions)
+    tokens = list(tokens)
+    assert len(set(tokens)) == len(tokens), "a token was returned twice by submit_*"
+    got = Counter(c.token for c in completions)
+    dupes = {t: n for t, n in got.items() if n > 1}
+    assert not dupes, f"tokens completed more than once: {sorted(dupes)[:10]}"
+    unknown = set(got) - set(tokens)
+    assert not unknown, f"completions for tokens never submitted: {sorted(unknown)[:10]}"
+    missing = set(tokens) - set(got)
+    assert not missing, f"{len(missing)} tokens never completed, e.g. {sorted(missing)[:10]}"
+    return {c.token: c for c in completions}
+
+
+def assert_all_ok(completions: Iterable) -> None:
+    bad = [(c.token, c.result) for c in completions if not c.ok]
+    assert not bad, f"operations failed: {bad[:10]}"

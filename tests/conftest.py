@@ -1,0 +1,86 @@
+"""One contract suite (API.md), run against every backend.
+
+`backend_kind` is "sync", "uring" (RingMode.STANDARD) or "uring-sqpoll" (RingMode.SQPOLL).
+io_uring cases skip, with the reason the backend gives, only when the ring cannot be set up
+(`UringUnavailableError`) or when SQPOLL was asked for and not granted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+# Let tests import the shared helpers as a plain module.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from storage_io import (  # noqa: E402
+    IoUringConfig,
+    RingMode,
+    SyncStorageIo,
+    UringStorageIo,
+    UringUnavailableError,
+)
+
+BACKENDS = ("sync", "uring", "uring-sqpoll")
+URING_BACKENDS = ("uring", "uring-sqpoll")
+
+
+def build_backend(kind: str, **config: Any) -> Any:
+    """Construct one backend; `config` (IoUringConfig fields) is ignored by the sync backend."""
+    if kind == "sync":
+        return SyncStorageIo()
+    mode = RingMode.SQPOLL if kind == "uring-sqpoll" else RingMode.STANDARD
+    try:
+        io = UringStorageIo(config=IoUringConfig(mode=mode, **config))
+    except UringUnavailableError as exc:
+        pytest.skip(f"io_uring unavailable: {exc}")
+    if kind == "uring-sqpoll" and io.backend != "uring-sqpoll":
+        reason = io.fallback_reason
+        io.close()
+        assert reason, f"asked for SQPOLL, got {io.backend!r} without a fallback_reason"
+        pytest.skip(f"SQPOLL not granted: {reason}")
+    if kind == "uring":
+        assert io.backend == "uring", f"asked for STANDARD, got {io.backend!r}"
+    return io
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=URING_BACKENDS)
+def uring_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_io(backend_kind: str) -> Any:
+    """Factory: `make_io(buffer_size=4096, ...)` builds the parametrized backend; every
+    instance is closed at teardown."""
+    made: list = []
+
+    def factory(**config: Any) -> Any:
+        io = build_backend(backend_kind, **config)
+        made.append(io)
+        return io
+
+    yield factory
+    for io in made:
+        io.close()
+
+
+@pytest.fixture
+def io(make_io: Callable[..., Any]) -> Any:
+    """The parametrized backend with the default configuration."""
+    return make_io()
+
+
+@pytest.fixture
+def uring_io(uring_kind: str) -> Any:
+    io = build_backend(uring_kind)
+    yield io
+    io.close()

@@ -1,0 +1,214 @@
+"""The completion side: IoCompletion, flush, poll_completions, wait, pending_count."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import threading
+import time
+
+import pytest
+from _support import assert_exactly_once, drain, register_path
+from storage_io import IoCompletion
+
+
+def test_completion_fields_for_write_and_datasync(io, tmp_path):
+    fd = register_path(io, tmp_path / "f")
+    write = io.submit_write(fd, b"12345", 0)
+    sync = io.submit_datasync(fd)
+    by_token = assert_exactly_once(drain(io), [write, sync])
+    w, s = by_token[write], by_token[sync]
+    assert isinstance(w, IoCompletion)
+    assert (w.token, w.result, w.ok, w.error) == (write, 5, True, None)
+    assert (s.token, s.result, s.ok, s.error) == (sync, 0, True, None)
+    assert isinstance(w.token, int) and isinstance(w.result, int)
+
+
+def test_iocompletion_value_type():
+    ok = IoCompletion(7, 42)
+    assert (ok.token, ok.result, ok.ok, ok.error) == (7, 42, True, None)
+    bad = IoCompletion(8, -errno.ENOSPC)
+    assert bad.ok is False
+    assert isinstance(bad.error, OSError)
+    assert bad.error.errno == errno.ENOSPC
+    assert IoCompletion(7, 42) == IoCompletion(7, 42)
+    assert IoCompletion(7, 42) != IoCompletion(7, 43)
+    assert "7" in repr(ok)
+
+
+def test_flush_returns_a_non_negative_int(io, tmp_path):
+    assert io.flush() == 0  # nothing queued
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_append(fd, b"x" * 10) for _ in range(5)]
+    n = io.flush()
+    assert isinstance(n, int) and 0 <= n <= len(tokens)
+    assert isinstance(io.flush(), int)
+    assert_exactly_once(drain(io), tokens)
+
+
+def test_poll_never_blocks_and_returns_a_list(io, tmp_path):
+    t0 = time.monotonic()
+    assert io.poll_completions() == []
+    fd = register_path(io, tmp_path / "f")
+    token = io.submit_append(fd, b"abc")
+    io.flush()
+    got: list = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        got = io.poll_completions()
+        assert isinstance(got, list)
+    assert [c.token for c in got] == [token]
+    assert time.monotonic() - t0 < 10
+    assert io.poll_completions() == []
+
+
+def test_pending_count_tracks_tokens_not_handed_back(io, tmp_path):
+    assert io.pending_count() == 0
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_append(fd, b"x") for _ in range(10)]
+    tokens.append(io.submit_datasync(fd))
+    assert io.pending_count() == 11
+    io.flush()
+    assert io.pending_count() == 11, "flush does not hand completions back"
+    first = io.wait(min_complete=1, timeout=10)
+    assert 1 <= len(first)
+    assert io.pending_count() == 11 - len(first)
+    rest = drain(io)
+    assert io.pending_count() == 0
+    assert_exactly_once(first + rest, tokens)
+
+
+def test_pending_count_includes_failed_operations(io, tmp_path):
+    path = tmp_path / "ro"
+    path.write_bytes(b"")
+    ro = register_path(io, path, os.O_RDONLY)
+    token = io.submit_write(ro, b"nope", 0)
+    assert io.pending_count() == 1
+    (c,) = drain(io)
+    assert c.token == token and not c.ok
+    assert io.pending_count() == 0
+
+
+def test_wait_returns_at_least_min_complete(io, tmp_path):
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_write(fd, b"y" * 100, i * 100) for i in range(8)]
+    got = io.wait(min_complete=5, timeout=10)
+    assert len(got) >= 5
+    assert_exactly_once(drain(io, got), tokens)
+
+
+def test_wait_with_nothing_pending_returns_promptly(io):
+    t0 = time.monotonic()
+    assert io.wait() == []
+    assert io.wait(min_complete=3) == []
+    assert io.wait(timeout=5.0) == []
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_wait_min_complete_larger_than_pending_returns_all(io, tmp_path):
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_append(fd, b"q" * 64) for _ in range(3)]
+    result: list = []
+    worker = threading.Thread(target=lambda: result.extend(io.wait(min_complete=100)), daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "wait(min_complete > pending) blocked forever"
+    assert_exactly_once(result, tokens)
+    assert io.pending_count() == 0
+
+
+def test_wait_timeout_zero_returns(io, tmp_path):
+    fd = register_path(io, tmp_path / "f")
+    token = io.submit_append(fd, b"z")
+    got = io.wait(min_complete=1, timeout=0)
+    assert isinstance(got, list)
+    assert_exactly_once(drain(io, got), [token])
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"min_complete": -1}, {"timeout": -0.5}, {"timeout": -1}], ids=str
+)
+def test_wait_rejects_negative_arguments(io, kwargs):
+    with pytest.raises(ValueError):
+        io.wait(**kwargs)
+
+
+# ---- io_uring only: an operation that stays in flight, using a full pipe ----
+
+
+@pytest.fixture
+def full_pipe():
+    """A pipe whose buffer is full: a write to it stays in flight until the reader drains."""
+    r, w = os.pipe()
+    flags = fcntl.fcntl(w, fcntl.F_GETFL)
+    fcntl.fcntl(w, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(w, b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(w, fcntl.F_SETFL, flags)  # blocking again, so io_uring waits instead of EAGAIN
+    yield r, w
+    for d in (r, w):
+        try:
+            os.close(d)
+        except OSError:
+            pass
+
+
+def drain_pipe(r):
+    flags = fcntl.fcntl(r, fcntl.F_GETFL)
+    fcntl.fcntl(r, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            if not os.read(r, 1 << 20):
+                break
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(r, fcntl.F_SETFL, flags)
+
+
+def test_wait_timeout_expires_with_operation_in_flight(uring_io, full_pipe):
+    r, w = full_pipe
+    fd = uring_io.register_fd(w)
+    token = uring_io.submit_write(fd, b"x" * 10, 0)
+    t0 = time.monotonic()
+    got = uring_io.wait(min_complete=1, timeout=0.3)
+    elapsed = time.monotonic() - t0
+    if got and got[0].result < 0:
+        pytest.skip(f"pipe writes not supported here: {got[0].error}")
+    assert got == []
+    assert 0.2 <= elapsed < 5, f"wait(timeout=0.3) returned after {elapsed:.2f}s"
+    assert uring_io.pending_count() == 1
+    drain_pipe(r)
+    completions = drain(uring_io)
+    assert [(c.token, c.result) for c in completions] == [(token, 10)]
+
+
+def test_wait_releases_the_gil_while_blocked(uring_io, full_pipe):
+    r, w = full_pipe
+    fd = uring_io.register_fd(w)
+    token = uring_io.submit_write(fd, b"x" * 10, 0)
+    result: list = []
+    started = threading.Event()
+
+    def waiter():
+        started.set()
+        result.extend(uring_io.wait(min_complete=1, timeout=10))
+
+    worker = threading.Thread(target=waiter, daemon=True)
+    worker.start()
+    started.wait()
+    time.sleep(0.05)
+    # Python code must keep running in this thread while the worker is blocked in wait().
+    spins = 0
+    t_end = time.monotonic() + 0.3
+    while time.monotonic() < t_end:
+        spins += 1
+    assert worker.is_alive(), f"wait returned early: {result}"
+    assert spins > 1000, "the main thread was starved while another thread was in wait()"
+    drain_pipe(r)
+    worker.join(10)
+    assert not worker.is_alive()
+    assert [(c.token, c.result) for c in result] == [(token, 10)]

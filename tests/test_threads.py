@@ -1,0 +1,119 @@
+"""Guarantee 9 (threads): one instance called from several threads, calls serialized."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from _support import assert_all_ok, assert_exactly_once, drain, register_path
+
+THREADS = 8
+RECORDS_PER_THREAD = 150
+HEADER = b"<%02d %06d %05d "  # thread id, sequence number, payload length
+HEADER_LEN = len(HEADER % (0, 0, 0))
+
+
+def record(tid: int, seq: int, rng: random.Random) -> bytes:
+    payload = bytes([65 + tid]) * rng.randrange(0, 3000)
+    return HEADER % (tid, seq, len(payload)) + payload + b">\n"
+
+
+def parse_records(data: bytes) -> list[tuple[int, int]]:
+    """Walk the file record by record; a torn or interleaved record fails the parse."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        head = data[pos : pos + HEADER_LEN]
+        assert head[:1] == b"<" and head[-1:] == b" ", f"bad header at {pos}: {head!r}"
+        tid, seq, length = (int(x) for x in head[1:-1].split(b" "))
+        body = data[pos + HEADER_LEN : pos + HEADER_LEN + length]
+        tail = data[pos + HEADER_LEN + length : pos + HEADER_LEN + length + 2]
+        assert body == bytes([65 + tid]) * length, f"torn payload at {pos}"
+        assert tail == b">\n", f"torn record end at {pos}"
+        out.append((tid, seq))
+        pos += HEADER_LEN + length + 2
+    return out
+
+
+def test_threads_appending_to_one_instance(io, tmp_path):
+    shared = register_path(io, tmp_path / "shared")
+    lock = threading.Lock()
+    received: list = []
+    submitted: list[list[int]] = [[] for _ in range(THREADS)]
+    errors: list = []
+    start = threading.Barrier(THREADS)
+
+    def worker(tid: int) -> None:
+        try:
+            rng = random.Random(tid)
+            own = register_path(io, tmp_path / f"own{tid}")
+            start.wait()
+            for seq in range(RECORDS_PER_THREAD):
+                rec = record(tid, seq, rng)
+                submitted[tid].append(io.submit_append(shared, rec))
+                submitted[tid].append(io.submit_append(own, rec))
+                if seq % 25 == 24:
+                    submitted[tid].append(io.submit_datasync(shared))
+                if seq % 10 == 0:
+                    got = io.poll_completions()
+                    with lock:
+                        received.extend(got)
+                if seq % 40 == 0:
+                    got = io.wait(min_complete=1, timeout=0.5)
+                    with lock:
+                        received.extend(got)
+            io.flush()
+            io.pending_count()
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    assert not errors, errors
+    all_tokens = [tok for toks in submitted for tok in toks]
+    assert len(set(all_tokens)) == len(all_tokens), "two threads got the same token"
+    completions = drain(io, received)
+    assert_exactly_once(completions, all_tokens)
+    assert_all_ok(completions)
+
+    records = parse_records((tmp_path / "shared").read_bytes())
+    assert len(records) == len(set(records)), "duplicated record"
+    assert sorted(records) == [(t, s) for t in range(THREADS) for s in range(RECORDS_PER_THREAD)]
+    for tid in range(THREADS):
+        seqs = [s for t, s in records if t == tid]
+        assert seqs == sorted(seqs), f"thread {tid}: appends out of submission order"
+        own = parse_records((tmp_path / f"own{tid}").read_bytes())
+        assert own == [(tid, s) for s in range(RECORDS_PER_THREAD)]
+
+
+def test_one_thread_waits_while_others_submit(io, tmp_path):
+    fd = register_path(io, tmp_path / "f")
+    stop = threading.Event()
+    received: list = []
+    tokens: list = []
+
+    def reaper():
+        while not stop.is_set():
+            received.extend(io.wait(min_complete=1, timeout=0.05))
+
+    def submitter(base):
+        for i in range(200):
+            tokens.append(io.submit_write(fd, b"%08d" % (base + i), (base + i) * 8))
+
+    r = threading.Thread(target=reaper)
+    r.start()
+    subs = [threading.Thread(target=submitter, args=(k * 200,)) for k in range(4)]
+    for t in subs:
+        t.start()
+    for t in subs:
+        t.join(30)
+    stop.set()
+    r.join(30)
+    assert not r.is_alive()
+    completions = drain(io, received)
+    assert_exactly_once(completions, tokens)
+    assert (tmp_path / "f").read_bytes() == b"".join(b"%08d" % i for i in range(800))
