@@ -402,3 +402,227 @@ fn file_size(fd: &OwnedFd) -> io::Result<u64> {
     let stat = unsafe { stat.assume_init() };
     Ok(u64::try_from(stat.st_size).unwrap_or(0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RingMode;
+    use std::collections::HashMap;
+    use std::fs::File;
+    use std::io::Read;
+
+    fn backend(config: IoUringConfig) -> UringBackend {
+        UringBackend::new(0, &config, 7).expect("io_uring is available on the test machine")
+    }
+
+    fn small_standard() -> IoUringConfig {
+        IoUringConfig {
+            mode: RingMode::Standard,
+            ring_entries: 8,
+            buffer_size: 4096,
+            buffer_count: 8,
+            ..IoUringConfig::default()
+        }
+    }
+
+    fn temp_file(name: &str) -> (std::path::PathBuf, File) {
+        let dir = std::env::temp_dir().join(format!("storage_io_rs_{}_{name}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let file = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .unwrap();
+        (dir, file)
+    }
+
+    fn drain(b: &mut UringBackend) -> Vec<Completion> {
+        let mut out = Vec::new();
+        b.wait(usize::MAX, None, &mut out).unwrap();
+        out
+    }
+
+    /// Submits, waiting for buffers as the Python layer does.
+    fn append(b: &mut UringBackend, h: Handle, data: &[u8]) -> u64 {
+        loop {
+            match b.submit_append(h, data) {
+                Err(BackendError::NoRoom) => b.make_room(data.len()).unwrap(),
+                other => return other.unwrap(),
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_are_unique_across_kinds_and_each_completes_once() {
+        let mut b = backend(small_standard());
+        let (path, file) = temp_file("tokens");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let mut tokens = Vec::new();
+        for i in 0..200 {
+            tokens.push(append(&mut b, h, &[i as u8; 100]));
+            if i % 7 == 0 {
+                tokens.push(b.submit_datasync(h).unwrap());
+            }
+        }
+        let mut done: Vec<u64> = drain(&mut b).iter().map(|c| c.0).collect();
+        let mut sorted = tokens.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), tokens.len(), "a token was handed out twice");
+        done.sort_unstable();
+        assert_eq!(done, sorted, "every token completes exactly once");
+        assert_eq!(b.pending_count(), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn datasync_completes_after_every_earlier_write_of_its_file() {
+        let mut b = backend(IoUringConfig {
+            buffer_count: 64,
+            ..small_standard()
+        });
+        let (path, file) = temp_file("ordering");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        for round in 0..20 {
+            let writes: Vec<u64> = (0..6)
+                .map(|_| append(&mut b, h, &vec![round as u8; 20_000]))
+                .collect();
+            let sync = b.submit_datasync(h).unwrap();
+            let order: Vec<u64> = drain(&mut b).iter().map(|c| c.0).collect();
+            let sync_at = order.iter().position(|&t| t == sync).unwrap();
+            for w in writes {
+                let at = order.iter().position(|&t| t == w).unwrap();
+                assert!(
+                    at < sync_at,
+                    "write {w} completed after the datasync {sync}"
+                );
+            }
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn held_datasync_is_issued_only_when_its_writes_are_done() {
+        let mut b = backend(small_standard());
+        let (path, file) = temp_file("held");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        append(&mut b, h, b"abc");
+        b.submit_datasync(h).unwrap();
+        assert_eq!(
+            b.held_syncs, 1,
+            "a datasync behind an unfinished write must be held back"
+        );
+        assert_eq!(
+            b.manager.in_flight(),
+            1,
+            "only the write may be in the ring"
+        );
+        drain(&mut b);
+        assert_eq!(b.held_syncs, 0);
+        // No write in flight now: the next datasync goes straight to the ring.
+        b.submit_datasync(h).unwrap();
+        assert_eq!(b.held_syncs, 0);
+        drain(&mut b);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn appends_land_back_to_back_and_large_writes_split_under_one_token() {
+        let mut b = backend(small_standard());
+        let (path, mut file) = temp_file("appends");
+        std::io::Write::write_all(&mut file, b"head").unwrap();
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let mut expected = b"head".to_vec();
+        let mut tokens = Vec::new();
+        for i in 0..50usize {
+            // 0 bytes up to five buffers' worth: exercises splitting and the empty write.
+            let chunk = vec![(i % 251) as u8; (i * 977) % (5 * 4096)];
+            tokens.push((append(&mut b, h, &chunk), chunk.len()));
+            expected.extend_from_slice(&chunk);
+        }
+        let results: HashMap<u64, i64> = drain(&mut b).into_iter().collect();
+        for (token, len) in tokens {
+            assert_eq!(
+                results[&token], len as i64,
+                "token {token} reported a partial length"
+            );
+        }
+        let mut actual = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut actual).unwrap();
+        assert_eq!(actual, expected);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_write_larger_than_the_whole_pool_travels_from_its_own_copy() {
+        let mut b = backend(small_standard());
+        let (path, file) = temp_file("huge");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+        let token = b.submit_write(h, &data, 10).unwrap();
+        let done = drain(&mut b);
+        assert_eq!(done, vec![(token, data.len() as i64)]);
+        let actual = std::fs::read(&path).unwrap();
+        assert_eq!(&actual[10..], &data[..]);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn deregister_keeps_other_files_completions() {
+        let mut b = backend(small_standard());
+        let (path_a, a) = temp_file("dereg_a");
+        let (path_b, f) = temp_file("dereg_b");
+        let ha = b.register_fd(a.as_raw_fd()).unwrap();
+        let hb = b.register_fd(f.as_raw_fd()).unwrap();
+        let ta = append(&mut b, ha, b"aaaa");
+        let tb = append(&mut b, hb, b"bbbb");
+        b.deregister_fd(ha).unwrap();
+        assert!(matches!(b.submit_datasync(ha), Err(BackendError::BadFd(_))));
+        let mut tokens: Vec<u64> = drain(&mut b).iter().map(|c| c.0).collect();
+        tokens.sort_unstable();
+        assert_eq!(tokens, vec![ta, tb]);
+        // The slot is reused with a new generation; the old handle stays dead.
+        let hc = b.register_fd(a.as_raw_fd()).unwrap();
+        assert_eq!(hc.slot, ha.slot);
+        assert_ne!(hc.generation, ha.generation);
+        assert!(matches!(b.check_handle(ha), Err(BackendError::BadFd(_))));
+        std::fs::remove_file(path_a).unwrap();
+        std::fs::remove_file(path_b).unwrap();
+    }
+
+    #[test]
+    fn full_completion_queue_loses_nothing() {
+        let mut b = backend(IoUringConfig {
+            ring_entries: 1,
+            buffer_count: 256,
+            ..small_standard()
+        });
+        let (path, file) = temp_file("overflow");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let tokens: Vec<u64> = (0..256).map(|_| append(&mut b, h, b"x")).collect();
+        b.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50)); // let the kernel post more CQEs than fit
+        let done = drain(&mut b);
+        assert_eq!(done.len(), tokens.len());
+        assert!(done.iter().all(|&(_, r)| r == 1));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn handles_of_another_instance_are_refused() {
+        let mut b = backend(small_standard());
+        let (path, file) = temp_file("foreign");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let foreign = Handle {
+            owner: h.owner + 1,
+            ..h
+        };
+        assert!(matches!(
+            b.submit_datasync(foreign),
+            Err(BackendError::BadFd(_))
+        ));
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -237,14 +237,6 @@ mod tests {
                 },
                 "sqpoll_cpu",
             ),
-            (
-                IoUringConfig {
-                    sqpoll_cpu: Some(0),
-                    mode: RingMode::Standard,
-                    ..d.clone()
-                },
-                "sqpoll_cpu",
-            ),
         ];
         for (config, field) in cases {
             let msg = message_of(config);
