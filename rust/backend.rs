@@ -317,11 +317,20 @@ impl UringBackend {
     }
 
     /// Blocks until a write of `len` bytes fits in the free buffers.
+    ///
+    /// When the pool runs dry it waits for a quarter of it to come back, not for the one
+    /// buffer this write needs: a caller streaming writes would otherwise pay one syscall
+    /// per write from here on (measured: W1 made ~0.5 enter calls per append that way).
     pub fn make_room(&mut self, len: usize) -> Result<(), BackendError> {
-        while !self.has_room(len) {
+        let Some(needed) = self.manager.buffers_needed(len) else {
+            return Ok(());
+        };
+        let target = needed.max(self.manager.buffer_count() / 4);
+        while self.manager.free_buffers() < needed {
             self.manager.flush()?;
             self.collect();
-            if self.has_room(len) {
+            let free = self.manager.free_buffers();
+            if free >= needed {
                 break;
             }
             if self.manager.in_flight() == 0 {
@@ -330,7 +339,7 @@ impl UringBackend {
                      none is in flight to come back"
                 )));
             }
-            match self.manager.wait_for_cqe(None) {
+            match self.manager.wait_for_cqes(target - free, None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => other?,
             }

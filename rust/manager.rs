@@ -179,6 +179,10 @@ impl RingManager {
         self.pool.buffer_size()
     }
 
+    pub fn buffer_count(&self) -> usize {
+        self.pool.count()
+    }
+
     pub fn free_buffers(&self) -> usize {
         self.pool.free_count()
     }
@@ -427,12 +431,30 @@ impl RingManager {
     /// Submits what is queued and blocks until at least one CQE is posted or `timeout`
     /// passes. EINTR comes back as an error so the caller can run signal handlers.
     pub fn wait_for_cqe(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.wait_for_cqes(1, timeout)
+    }
+
+    /// As `wait_for_cqe`, for at least `want` CQEs (capped at what can still arrive).
+    pub fn wait_for_cqes(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.move_backlog();
         self.metrics.sqes_submitted += std::mem::take(&mut self.queued) as u64;
-        if !self.ring.completion().is_empty() {
+        let posted = self.ring.completion().len();
+        let want = want.min(self.sqes_in_flight()).max(1);
+        if posted >= want {
             return Ok(());
         }
-        self.enter(1, timeout)
+        self.enter(want - posted, timeout)
+    }
+
+    /// An upper bound on the CQEs still to come: one per part of each operation in flight.
+    fn sqes_in_flight(&self) -> usize {
+        self.in_flight
+            .values()
+            .map(|op| match &op.kind {
+                Kind::Write { parts_left, .. } => *parts_left,
+                Kind::Sync => 1,
+            })
+            .sum()
     }
 
     /// Reaps every posted CQE without blocking. Parts cut short are resubmitted for their
