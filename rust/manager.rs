@@ -99,6 +99,7 @@ pub struct Metrics {
     pub latency_ns_total: u64,
     pub sqes_submitted: u64,
     pub short_writes_continued: u64,
+    pub cancelled_reissued: u64,
     pub enter_calls: u64,
 }
 
@@ -277,6 +278,13 @@ impl RingManager {
     }
 }
 
+fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {
+    opcode::Fsync::new(types::Fixed(file_slot))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(token << PART_BITS)
+}
+
 /// The SQE that writes what is left of `part`.
 fn part_entry(
     pool: &BufferPool,
@@ -324,11 +332,7 @@ impl RingManager {
     }
 
     pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) {
-        let entry = opcode::Fsync::new(types::Fixed(file_slot))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(token << PART_BITS);
-        self.push(entry);
+        self.push(datasync_entry(file_slot, token));
         self.in_flight.insert(
             token,
             Operation {
@@ -485,6 +489,22 @@ impl RingManager {
             debug_assert!(false, "CQE for unknown token {token}");
             return;
         };
+        if result == -libc::ECANCELED {
+            // We never cancel anything. The kernel cancels work that was punted to its
+            // io-wq workers when the thread that submitted it exits (the work belongs to
+            // the submitting task), which happens whenever a short-lived thread flushed the
+            // ring. A write at an explicit offset and a datasync are idempotent: issue the
+            // same SQE again from this (live) thread.
+            let entry = match &op.kind {
+                Kind::Sync => datasync_entry(op.file_slot, token),
+                Kind::Write { parts, .. } => {
+                    part_entry(&self.pool, op.file_slot, token, index, &parts[index])
+                }
+            };
+            self.metrics.cancelled_reissued += 1;
+            self.push(entry);
+            return;
+        }
         let finished_result = match &mut op.kind {
             Kind::Sync => i64::from(result),
             Kind::Write {

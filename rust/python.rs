@@ -822,6 +822,7 @@ mod uring {
             d.set_item("latency_ns_total", m.latency_ns_total)?;
             d.set_item("sqes_submitted", m.sqes_submitted)?;
             d.set_item("short_writes_continued", m.short_writes_continued)?;
+            d.set_item("cancelled_reissued", m.cancelled_reissued)?;
             d.set_item("enter_calls", m.enter_calls)?;
             Ok(d)
         }
