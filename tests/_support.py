@@ -19,6 +19,17 @@ from storage_io import BufferExhaustedError, QueueFullError
 DRAIN_DEADLINE_S = 30.0
 
 
+# Set where io_uring is known to work (CI on our machines): a uring case that would skip
+# fails instead, so a broken ring set-up cannot pass as "skipped".
+REQUIRE_URING = os.environ.get("STORAGE_IO_REQUIRE_URING") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    if REQUIRE_URING:
+        pytest.fail(f"STORAGE_IO_REQUIRE_URING=1 but {reason}")
+    pytest.skip(reason)
+
+
 def pattern(size: int, seed: int = 0) -> bytes:
     """Deterministic, position-dependent bytes, so a misplaced chunk is visible."""
     if size == 0:

@@ -16,6 +16,7 @@ import pytest
 # Let tests import the shared helpers as a plain module.
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _support import skip_or_fail  # noqa: E402
 from storage_io import (  # noqa: E402
     IoUringConfig,
     RingMode,
@@ -36,12 +37,12 @@ def build_backend(kind: str, **config: Any) -> Any:
     try:
         io = UringStorageIo(config=IoUringConfig(mode=mode, **config))
     except UringUnavailableError as exc:
-        pytest.skip(f"io_uring unavailable: {exc}")
+        skip_or_fail(f"io_uring unavailable: {exc}")
     if kind == "uring-sqpoll" and io.backend != "uring-sqpoll":
         reason = io.fallback_reason
         io.close()
         assert reason, f"asked for SQPOLL, got {io.backend!r} without a fallback_reason"
-        pytest.skip(f"SQPOLL not granted: {reason}")
+        skip_or_fail(f"SQPOLL not granted: {reason}")
     if kind == "uring":
         assert io.backend == "uring", f"asked for STANDARD, got {io.backend!r}"
     return io

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _support import assert_exactly_once, drain, register_path
+from _support import assert_exactly_once, drain, register_path, skip_or_fail
 from storage_io import (
     IoUringConfig,
     RingMode,
@@ -76,7 +76,7 @@ def test_forcing_uring_gives_uring_or_says_why(tmp_path):
     except UringUnavailableError as exc:
         assert str(exc), "UringUnavailableError must say why"
         assert uring_works() is not None
-        pytest.skip(f"io_uring unavailable: {exc}")
+        skip_or_fail(f"io_uring unavailable: {exc}")
     try:
         assert io.backend in ("uring", "uring-sqpoll")
         assert isinstance(io, StorageIo)
@@ -89,7 +89,7 @@ def test_forcing_uring_standard_mode(tmp_path):
     try:
         io = open_storage_io(backend="uring", config=IoUringConfig(mode=RingMode.STANDARD))
     except UringUnavailableError as exc:
-        pytest.skip(f"io_uring unavailable: {exc}")
+        skip_or_fail(f"io_uring unavailable: {exc}")
     try:
         assert io.backend == "uring"
         check_usable(io, tmp_path)
@@ -101,7 +101,7 @@ def test_sqpoll_backend_reports_itself_or_why_not():
     try:
         io = UringStorageIo(config=IoUringConfig(mode=RingMode.SQPOLL))
     except UringUnavailableError as exc:
-        pytest.skip(f"io_uring unavailable: {exc}")
+        skip_or_fail(f"io_uring unavailable: {exc}")
     try:
         if io.backend == "uring-sqpoll":
             assert io.mode == RingMode.SQPOLL
@@ -132,7 +132,7 @@ def test_both_backends_are_storage_io():
     try:
         uring = UringStorageIo(config=IoUringConfig(mode=RingMode.STANDARD))
     except UringUnavailableError as exc:
-        pytest.skip(f"io_uring unavailable: {exc}")
+        skip_or_fail(f"io_uring unavailable: {exc}")
     try:
         assert isinstance(uring, StorageIo)
     finally:
