@@ -42,7 +42,7 @@ impl Hasher for TokenHasher {
     }
 }
 
-type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
+pub type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
 
 /// Where the bytes of one part of a write live while the kernel reads them.
 enum Source {
@@ -257,6 +257,53 @@ impl RingManager {
         self.metrics.submitted += 1;
         self.after_push();
         token
+    }
+
+    /// Lends a registered buffer for the caller to fill (write combining); it comes back
+    /// through `submit_registered`'s completion.
+    pub fn acquire_buffer(&mut self) -> Option<u32> {
+        self.pool.acquire()
+    }
+
+    pub fn buffer_mut(&mut self, buffer: u32) -> &mut [u8] {
+        self.pool.buffer_mut(buffer)
+    }
+
+    /// Queues a write of the first `len` bytes of a buffer lent by `acquire_buffer`, under
+    /// `token`.
+    pub fn submit_registered(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        buffer: u32,
+        offset: u64,
+        len: usize,
+        tag: u64,
+    ) {
+        let part = Part {
+            source: Source::Registered(buffer),
+            offset,
+            len,
+            done: 0,
+        };
+        let entry = self.part_entry(file_slot, token, 0, &part);
+        self.push(entry);
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag,
+                kind: Kind::Write {
+                    parts: vec![part],
+                    parts_left: 1,
+                    first_error: None,
+                    total: len,
+                },
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
     }
 
     fn registered_part(&mut self, chunk: &[u8], offset: u64) -> Part {
