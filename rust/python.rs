@@ -279,6 +279,17 @@ fn os_error(err: &std::io::Error) -> PyErr {
     }
 }
 
+/// An `IoCompletion` built for handing back in bulk. It holds no Python references, so it
+/// can never be part of a reference cycle: untracking it spares the cyclic GC from
+/// traversing every completion (measured: GC was ~10% of a W5 run's CPU before).
+fn new_completion(py: Python<'_>, token: u64, result: i64) -> PyResult<Bound<'_, PyIoCompletion>> {
+    let completion = Bound::new(py, PyIoCompletion { token, result })?;
+    // SAFETY: `completion` is a live, GC-tracked object we own; untracking an object without
+    // references to other objects is always sound, and its dealloc copes with it untracked.
+    unsafe { ffi::PyObject_GC_UnTrack(completion.as_ptr().cast()) };
+    Ok(completion)
+}
+
 fn strerror(errno: i32) -> String {
     let text = std::io::Error::from_raw_os_error(errno).to_string();
     match text.rfind(" (os error") {
@@ -613,12 +624,11 @@ mod uring {
         }
 
         fn completions(py: Python<'_>, ready: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
-            PyList::new(
-                py,
-                ready
-                    .into_iter()
-                    .map(|(token, result)| PyIoCompletion { token, result }),
-            )
+            let list = PyList::empty(py);
+            for (token, result) in ready {
+                list.append(new_completion(py, token, result)?)?;
+            }
+            Ok(list)
         }
     }
 
