@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from storage_io.bench import IMPLEMENTATIONS, ImplementationUnavailable, create_implementation
 
 BACKENDS = tuple(name for name in IMPLEMENTATIONS if name != "pwrite")

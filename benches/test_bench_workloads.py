@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from storage_io.bench import WORKLOADS, PreparedRun, Workload, prepare_run
 
 # 5% of the BENCHMARKS.md counts: W1 5,000 appends, W2 100 batches, W3 51 MiB, W4 100

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
 from storage_io import BufferExhaustedError, QueueFullError
 
 # Generous: a lost completion must fail the test, not hang the suite.
@@ -101,3 +102,43 @@ def assert_exactly_once(completions: Iterable, tokens: Iterable[int]) -> dict:
 def assert_all_ok(completions: Iterable) -> None:
     bad = [(c.token, c.result) for c in completions if not c.ok]
     assert not bad, f"operations failed: {bad[:10]}"
+
+
+# -- reliability suite (docs/reliability.md) ---------------------------------------------
+
+# STORAGE_IO_STRESS=1 runs the stronger versions of the reliability tests (more operations,
+# cycles and examples); the default run keeps them small enough for CI.
+STRESS = os.environ.get("STORAGE_IO_STRESS") == "1"
+
+
+def scaled(default: int, stress: int) -> int:
+    """`stress` under STORAGE_IO_STRESS=1, else `default`."""
+    return stress if STRESS else default
+
+
+class Hang(AssertionError):
+    """A call did not return within its time limit."""
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Run `fn()` on a helper thread and return its result or raise what it raised (any
+    BaseException, pyo3's PanicException included). A call still running after `timeout_s`
+    raises `Hang`; the stuck thread is a daemon and is left behind."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller as is
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise Hang(f"call did not return within {timeout_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")

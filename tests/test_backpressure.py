@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
 from storage_io import BufferExhaustedError, QueueFullError
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from _support import assert_exactly_once, drain, register_path
 from storage_io import IoCompletion
 

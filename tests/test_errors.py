@@ -6,6 +6,7 @@ import errno
 import os
 
 import pytest
+
 import storage_io
 from _support import assert_exactly_once, drain, register_path
 from conftest import build_backend

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
 from storage_io import ClosedError, IoFd, StorageIo
 

@@ -7,6 +7,7 @@ returned by poll/wait): a datasync must come after every earlier operation on it
 from __future__ import annotations
 
 import pytest
+
 from _support import (
     assert_all_ok,
     assert_exactly_once,

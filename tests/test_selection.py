@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from _support import assert_exactly_once, drain, register_path, skip_or_fail
 from storage_io import (
     IoUringConfig,

@@ -9,6 +9,7 @@ import resource
 import signal
 
 import pytest
+
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
 
 MIB = 1 << 20

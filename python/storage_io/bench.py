@@ -294,6 +294,9 @@ class PreparedRun:
                 os.close(self.raw_fd)
                 self.raw_fd = -1
             elif self.handle is not None and not isinstance(self.target, PwriteBaseline):
+                left = self.target.pending_count()
+                if self.problem is None and left:
+                    self.problem = f"ERROR: pending_count() is {left} after every completion"
                 self.target.deregister_fd(self.handle)
                 self.handle = None
             if self.problem is None and self.failures:
