@@ -215,7 +215,24 @@ impl UringBackend {
         offset: u64,
     ) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
-        self.place(handle, data, offset, false)
+        self.place(handle, &[data], offset, false)
+    }
+
+    /// One write of the concatenation of `parts` at `offset`, under one token.
+    pub fn submit_writev(
+        &mut self,
+        handle: Handle,
+        parts: &[&[u8]],
+        offset: u64,
+    ) -> Result<u64, BackendError> {
+        self.file_mut(handle)?;
+        self.place(handle, parts, offset, false)
+    }
+
+    /// One append of the concatenation of `parts`, under one token.
+    pub fn submit_appendv(&mut self, handle: Handle, parts: &[&[u8]]) -> Result<u64, BackendError> {
+        let position = self.file_mut(handle)?.append_position;
+        self.place(handle, parts, position, true)
     }
 
     pub fn submit_append(&mut self, handle: Handle, data: &[u8]) -> Result<u64, BackendError> {
@@ -223,19 +240,19 @@ impl UringBackend {
         // kernel finishes the writes in; a failed append leaves its range as a hole, as it
         // does on every backend.
         let position = self.file_mut(handle)?.append_position;
-        self.place(handle, data, position, true)
+        self.place(handle, &[data], position, true)
     }
 
-    /// Puts a write of `data` at `offset`: into the file's open batch when it continues it,
+    /// Puts a write of `data` (the concatenation of its parts) at `offset`: into the file's open batch when it continues it,
     /// else into a new batch, else (larger than a buffer) as its own split write.
     fn place(
         &mut self,
         handle: Handle,
-        data: &[u8],
+        data: &[&[u8]],
         offset: u64,
         append: bool,
     ) -> Result<u64, BackendError> {
-        let len = data.len();
+        let len: usize = data.iter().map(|part| part.len()).sum();
         if offset
             .checked_add(len as u64)
             .is_none_or(|end| end > i64::MAX as u64)
@@ -250,8 +267,7 @@ impl UringBackend {
             .expect("handle checked");
         if let Some(batch) = file.open_batch.as_mut() {
             if batch.offset + batch.len as u64 == offset && batch.len + len <= buffer_size {
-                let at = batch.len;
-                self.manager.buffer_mut(batch.buffer)[at..at + len].copy_from_slice(data);
+                gather(&mut self.manager.buffer_mut(batch.buffer)[batch.len..], data);
                 let token = self.manager.reserve_token();
                 batch.members.push((token, len));
                 batch.len += len;
@@ -277,10 +293,14 @@ impl UringBackend {
         file.operations += 1;
         self.outstanding += 1;
         if len > buffer_size {
-            return Ok(self.manager.submit_write(slot, data, offset, seq));
+            let token = match data {
+                [one] => self.manager.submit_write(slot, one, offset, seq),
+                parts => self.manager.submit_write(slot, &parts.concat(), offset, seq),
+            };
+            return Ok(token);
         }
         let buffer = self.manager.acquire_buffer().expect("room checked above");
-        self.manager.buffer_mut(buffer)[..len].copy_from_slice(data);
+        gather(self.manager.buffer_mut(buffer), data);
         let token = self.manager.reserve_token();
         self.file_at(slot).open_batch = Some(Batch {
             buffer,
@@ -517,6 +537,15 @@ impl UringBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// Copies `parts` one after another to the start of `target`.
+fn gather(target: &mut [u8], parts: &[&[u8]]) {
+    let mut at = 0;
+    for part in parts {
+        target[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
     }
 }
 

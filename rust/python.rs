@@ -408,6 +408,48 @@ fn extract_data<'py>(data: &Bound<'py, PyAny>) -> PyResult<Data<'py>> {
     }
 }
 
+/// What a write carries: one bytes-like object, or several written back to back.
+enum Payload<'py> {
+    One(Data<'py>),
+    Many(Vec<Data<'py>>),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::One(d) => d.as_slice().len(),
+            Payload::Many(v) => v.iter().map(|d| d.as_slice().len()).sum(),
+        }
+    }
+
+    fn with_slices<R>(&self, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        match self {
+            Payload::One(d) => f(&[d.as_slice()]),
+            Payload::Many(v) => f(&v.iter().map(Data::as_slice).collect::<Vec<_>>()),
+        }
+    }
+}
+
+fn extract_buffers<'py>(buffers: &Bound<'py, PyAny>) -> PyResult<Payload<'py>> {
+    if buffers.is_instance_of::<PyBytes>() || BufferView::get(buffers).is_ok() {
+        return Err(PyTypeError::new_err(
+            "buffers must be a sequence of bytes-like objects, not one bytes-like object \
+             (use submit_write/submit_append for that)",
+        ));
+    }
+    let items = buffers.try_iter().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "buffers must be a sequence of bytes-like objects, not {}",
+            type_name(buffers)
+        ))
+    })?;
+    let mut parts = Vec::new();
+    for item in items {
+        parts.push(extract_data(&item?)?);
+    }
+    Ok(Payload::Many(parts))
+}
+
 fn extract_offset(offset: &Bound<'_, PyAny>) -> PyResult<u64> {
     if !offset.is_instance_of::<PyInt>() {
         return Err(PyTypeError::new_err(format!(
@@ -590,32 +632,28 @@ mod uring {
 
         /// Submits a write with the given placement, waiting (GIL released) for buffers
         /// when all are in flight.
-        fn submit_bytes(
+        fn submit_payload(
             &self,
             py: Python<'_>,
             fd: &Bound<'_, PyAny>,
-            data: &Bound<'_, PyAny>,
+            payload: PyResult<Payload<'_>>,
             offset: Option<&Bound<'_, PyAny>>,
         ) -> CallResult<u64> {
             let handle = self.handle(py, fd)?;
-            let data = extract_data(data);
             let offset = offset.map(extract_offset);
             loop {
                 let attempt = self.call(py, |backend| {
                     backend.check_handle(handle)?;
-                    let bytes = data
-                        .as_ref()
-                        .map_err(|e| CallError::Python(e.clone_ref(py)))?;
-                    let bytes = bytes.as_slice();
-                    match &offset {
-                        Some(Ok(at)) => Ok(backend.submit_write(handle, bytes, *at)?),
+                    let payload = payload.as_ref().map_err(|e| CallError::Python(e.clone_ref(py)))?;
+                    payload.with_slices(|parts| match &offset {
+                        Some(Ok(at)) => Ok(backend.submit_writev(handle, parts, *at)?),
                         Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
-                        None => Ok(backend.submit_append(handle, bytes)?),
-                    }
+                        None => Ok(backend.submit_appendv(handle, parts)?),
+                    })
                 });
                 match attempt {
                     Err(CallError::Backend(BackendError::NoRoom)) => {
-                        let len = data.as_ref().map_or(0, |d| d.as_slice().len());
+                        let len = payload.as_ref().map_or(0, Payload::len);
                         self.call_blocking(py, |backend| Ok(backend.make_room(len)?))?;
                     }
                     other => return other,
@@ -682,7 +720,7 @@ mod uring {
             data: &Bound<'_, PyAny>,
             offset: &Bound<'_, PyAny>,
         ) -> PyResult<u64> {
-            Ok(self.submit_bytes(py, fd, data, Some(offset))?)
+            Ok(self.submit_payload(py, fd, extract_data(data).map(Payload::One), Some(offset))?)
         }
 
         fn submit_append(
@@ -691,7 +729,28 @@ mod uring {
             fd: &Bound<'_, PyAny>,
             data: &Bound<'_, PyAny>,
         ) -> PyResult<u64> {
-            Ok(self.submit_bytes(py, fd, data, None)?)
+            Ok(self.submit_payload(py, fd, extract_data(data).map(Payload::One), None)?)
+        }
+
+        /// One write of the concatenation of `buffers` at `offset`, under one token.
+        fn submit_writev(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            buffers: &Bound<'_, PyAny>,
+            offset: &Bound<'_, PyAny>,
+        ) -> PyResult<u64> {
+            Ok(self.submit_payload(py, fd, extract_buffers(buffers), Some(offset))?)
+        }
+
+        /// One append of the concatenation of `buffers`, under one token.
+        fn submit_appendv(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            buffers: &Bound<'_, PyAny>,
+        ) -> PyResult<u64> {
+            Ok(self.submit_payload(py, fd, extract_buffers(buffers), None)?)
         }
 
         fn submit_datasync(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {

@@ -10,6 +10,7 @@ import abc
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from types import TracebackType
 
     from typing_extensions import Buffer, Self
@@ -116,6 +117,23 @@ class StorageIo(abc.ABC):
         The position advances by the size of `data` at submission, so appends land back to
         back in submission order, whether or not the descriptor was opened with
         ``O_APPEND``. Errors as for `submit_write`.
+        """
+
+    @abc.abstractmethod
+    def submit_writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
+        """Submit one write of the concatenation of `buffers` at `offset`; return its token.
+
+        Several records in one call, completing as one token whose result is their total
+        size. `buffers` is a sequence (list, tuple, any iterable) of bytes-like objects,
+        copied before the call returns; a single bytes-like object is a ``TypeError``.
+        Otherwise as `submit_write`.
+        """
+
+    @abc.abstractmethod
+    def submit_appendv(self, fd: IoFd, buffers: Iterable[Buffer]) -> int:
+        """Submit one append of the concatenation of `buffers`; return its token.
+
+        As `submit_append` for the joined bytes, and `submit_writev` for `buffers`.
         """
 
     @abc.abstractmethod

@@ -23,6 +23,8 @@ from ._native import BadFdError, ClosedError, IoCompletion, IoFd, new_instance_i
 from .interface import StorageIo
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from typing_extensions import Buffer
 
     from .interface import HasFileno
@@ -105,6 +107,56 @@ def _finish_short_write(descriptor: int, data: Buffer, size: int, written: int, 
     except OSError as err:
         return -(err.errno or errno.EIO)
     return size
+
+
+# pwritev takes at most IOV_MAX buffers; more are joined into one.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+
+
+def _as_buffers(buffers: object) -> tuple[list[Buffer], int]:
+    """Return the bytes-like items of `buffers` and their total size in bytes."""
+    try:
+        memoryview(buffers)  # type: ignore[arg-type]
+    except TypeError:
+        pass
+    else:
+        raise TypeError(
+            "buffers must be a sequence of bytes-like objects, not one bytes-like object "
+            "(use submit_write/submit_append for that)"
+        )
+    try:
+        items = list(buffers)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"buffers must be a sequence of bytes-like objects, not {type(buffers).__name__}"
+        ) from None
+    views: list[Buffer] = []
+    total = 0
+    for item in items:
+        if type(item) is bytes:
+            views.append(item)
+            total += len(item)
+        else:
+            view, size = _as_bytes_like(item)
+            views.append(view)
+            total += size
+    return views, total
+
+
+def _write_vector(descriptor: int, views: list[Buffer], total: int, offset: int) -> int:
+    """Write `views` back to back at `offset`; return `total` or the negative errno."""
+    try:
+        if len(views) <= _IOV_MAX and hasattr(os, "pwritev"):
+            written = os.pwritev(descriptor, views, offset)
+            if written == total:
+                return total
+            joined = b"".join(views)
+        else:
+            joined = b"".join(views)
+            written = 0
+        return _finish_short_write(descriptor, joined, total, written, offset)
+    except OSError as err:
+        return -(err.errno or errno.EIO)
 
 
 class SyncStorageIo(StorageIo):
@@ -280,6 +332,38 @@ class SyncStorageIo(StorageIo):
                 self._failed += 1
             self._ready.append(IoCompletion(token, result))
             return token
+
+    def submit_writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            record = self._lookup(fd)
+            views, size = _as_buffers(buffers)
+            offset = _as_offset(offset)
+            return self._finish_vector(record, views, size, offset)
+
+    def submit_appendv(self, fd: IoFd, buffers: Iterable[Buffer]) -> int:
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            record = self._lookup(fd)
+            views, size = _as_buffers(buffers)
+            offset = record.append_position
+            record.append_position = offset + size
+            return self._finish_vector(record, views, size, offset)
+
+    def _finish_vector(
+        self, record: _RegisteredFile, views: list[Buffer], size: int, offset: int
+    ) -> int:
+        result = _write_vector(record.descriptor, views, size, offset)
+        token = self._next_token
+        self._next_token = token + 1
+        if result >= 0:
+            self._bytes_written += result
+        else:
+            self._failed += 1
+        self._ready.append(IoCompletion(token, result))
+        return token
 
     def submit_datasync(self, fd: IoFd) -> int:
         with self._lock:
