@@ -267,7 +267,10 @@ impl UringBackend {
             .expect("handle checked");
         if let Some(batch) = file.open_batch.as_mut() {
             if batch.offset + batch.len as u64 == offset && batch.len + len <= buffer_size {
-                gather(&mut self.manager.buffer_mut(batch.buffer)[batch.len..], data);
+                gather(
+                    &mut self.manager.buffer_mut(batch.buffer)[batch.len..],
+                    data,
+                );
                 let token = self.manager.reserve_token();
                 batch.members.push((token, len));
                 batch.len += len;
@@ -295,7 +298,9 @@ impl UringBackend {
         if len > buffer_size {
             let token = match data {
                 [one] => self.manager.submit_write(slot, one, offset, seq),
-                parts => self.manager.submit_write(slot, &parts.concat(), offset, seq),
+                parts => self
+                    .manager
+                    .submit_write(slot, &parts.concat(), offset, seq),
             };
             return Ok(token);
         }

@@ -467,18 +467,28 @@ fn extract_offset(offset: &Bound<'_, PyAny>) -> PyResult<u64> {
 }
 
 fn file_descriptor(file: &Bound<'_, PyAny>) -> PyResult<i32> {
-    if file.is_instance_of::<PyInt>() {
-        return file
-            .extract::<i32>()
-            .map_err(|_| PyValueError::new_err(format!("file descriptor {file} is out of range")));
+    let number = if file.is_instance_of::<PyInt>() {
+        file.clone()
+    } else {
+        match file.getattr("fileno") {
+            Ok(method) => method.call0()?,
+            Err(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "file must be an int descriptor or have fileno(), not {}",
+                    type_name(file)
+                )))
+            }
+        }
+    };
+    if !number.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "fileno() must return an int, not {}",
+            type_name(&number)
+        )));
     }
-    match file.getattr("fileno") {
-        Ok(method) => method.call0()?.extract::<i32>(),
-        Err(_) => Err(PyTypeError::new_err(format!(
-            "file must be an int descriptor or have fileno(), not {}",
-            type_name(file)
-        ))),
-    }
+    number
+        .extract::<i32>()
+        .map_err(|_| PyValueError::new_err(format!("file descriptor {number} is out of range")))
 }
 
 #[cfg(target_os = "linux")]
@@ -644,7 +654,9 @@ mod uring {
             loop {
                 let attempt = self.call(py, |backend| {
                     backend.check_handle(handle)?;
-                    let payload = payload.as_ref().map_err(|e| CallError::Python(e.clone_ref(py)))?;
+                    let payload = payload
+                        .as_ref()
+                        .map_err(|e| CallError::Python(e.clone_ref(py)))?;
                     payload.with_slices(|parts| match &offset {
                         Some(Ok(at)) => Ok(backend.submit_writev(handle, parts, *at)?),
                         Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
@@ -673,12 +685,13 @@ mod uring {
     #[pymethods]
     impl PyUringStorageIo {
         #[new]
-        #[pyo3(signature = (core_id = 0, config = None))]
+        #[pyo3(signature = (core_id = None, config = None))]
         fn new(
             py: Python<'_>,
-            core_id: usize,
+            core_id: Option<&Bound<'_, PyAny>>,
             config: Option<PyRef<'_, PyIoUringConfig>>,
         ) -> PyResult<Self> {
+            let core_id: usize = core_id.map_or(Ok(0), |v| config_int("core_id", v))?;
             let config = config.map(|c| c.inner.clone()).unwrap_or_default();
             config.validate().map_err(|e| PyValueError::new_err(e.0))?;
             let owner = new_instance_id();
@@ -771,28 +784,27 @@ mod uring {
             Self::completions(py, ready)
         }
 
-        #[pyo3(signature = (min_complete = 1, timeout = None))]
+        #[pyo3(signature = (min_complete = None, timeout = None))]
         fn wait<'py>(
             &self,
             py: Python<'py>,
-            min_complete: i64,
+            min_complete: Option<&Bound<'py, PyAny>>,
             timeout: Option<f64>,
         ) -> PyResult<Bound<'py, PyList>> {
-            if min_complete < 0 {
-                return Err(PyValueError::new_err(format!(
-                    "min_complete={min_complete} is out of range: allowed 0 or more"
-                )));
-            }
+            let min_complete: usize =
+                min_complete.map_or(Ok(1), |v| config_int("min_complete", v))?;
             let deadline = match timeout {
                 Some(t) if !(t >= 0.0 && t.is_finite()) => {
                     return Err(PyValueError::new_err(format!(
                         "timeout={t} is out of range: allowed None or a finite number >= 0"
                     )));
                 }
-                Some(t) => Some(std::time::Instant::now() + Duration::from_secs_f64(t)),
+                // A timeout too long to represent waits as long as no timeout does.
+                Some(t) => Duration::try_from_secs_f64(t)
+                    .ok()
+                    .and_then(|d| std::time::Instant::now().checked_add(d)),
                 None => None,
             };
-            let min_complete = min_complete as usize;
             loop {
                 let remaining =
                     deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));

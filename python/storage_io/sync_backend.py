@@ -228,7 +228,10 @@ class SyncStorageIo(StorageIo):
                     f"file must be an int descriptor or have a fileno() method, "
                     f"not {type(file).__name__}"
                 )
-            descriptor = os.dup(source)  # OSError(EBADF) for a descriptor that is not open
+            try:
+                descriptor = os.dup(source)  # OSError(EBADF) for a descriptor that is not open
+            except OverflowError:
+                raise ValueError(f"file descriptor {source} is out of range") from None
             try:
                 size = os.fstat(descriptor).st_size
             except BaseException:
