@@ -69,8 +69,9 @@ struct Batch {
 }
 
 struct OpenFile {
-    // Our duplicate: closing it is what deregistering means; the ring refers to it by slot.
-    _descriptor: OwnedFd,
+    // Our duplicate: closing it is what deregistering means; the ring refers to it by slot,
+    // and a datasync run in the caller's thread uses it directly.
+    descriptor: OwnedFd,
     append_position: u64,
     next_write_seq: u64,
     /// Sequence numbers of this file's writes not yet completed (open batch included).
@@ -104,6 +105,9 @@ pub struct UringBackend {
     /// Tokens handed out and not yet completed (ready ones excluded).
     outstanding: usize,
     held_syncs: usize,
+    /// Held datasyncs whose writes have all completed: (token, slot), not yet issued.
+    released_syncs: Vec<(u64, u32)>,
+    datasyncs_in_caller: u64,
     finished: Vec<Finished>,
 }
 
@@ -127,6 +131,8 @@ impl UringBackend {
             ready: Vec::new(),
             outstanding: 0,
             held_syncs: 0,
+            released_syncs: Vec::new(),
+            datasyncs_in_caller: 0,
             finished: Vec::new(),
         })
     }
@@ -137,6 +143,11 @@ impl UringBackend {
 
     pub fn metrics(&self) -> Metrics {
         self.manager.metrics()
+    }
+
+    /// Datasyncs run as fdatasync in the caller's thread inside `wait()`.
+    pub fn datasyncs_in_caller(&self) -> u64 {
+        self.datasyncs_in_caller
     }
 
     /// Submitted and not yet handed back.
@@ -165,7 +176,7 @@ impl UringBackend {
         }
         let entry = &mut self.slots[slot as usize];
         entry.file = Some(OpenFile {
-            _descriptor: owned,
+            descriptor: owned,
             append_position: size,
             next_write_seq: 0,
             writes_in_flight: BTreeSet::new(),
@@ -376,8 +387,41 @@ impl UringBackend {
         self.manager.flush()
     }
 
-    /// Reaps what the kernel has finished and turns it into ready completions, issuing the
-    /// datasyncs whose writes are now all done.
+    /// Issues the held datasyncs whose writes are all done: to the ring, or, when the caller
+    /// is about to block anyway (`in_caller`), as an fdatasync in the caller's own thread.
+    ///
+    /// io_uring cannot run an fsync without blocking, so it always hands one to an io-wq
+    /// worker thread: a hop there and a wake-up back. A caller inside `wait()` would only
+    /// sleep meanwhile, so running the fdatasync itself reaches the same durability point
+    /// sooner (measured on W4, append + datasync + wait, p50 against the pwrite loop's in
+    /// the same run: 1.22x -> 1.16x).
+    fn issue_released_syncs(&mut self, in_caller: bool) {
+        for (token, slot) in std::mem::take(&mut self.released_syncs) {
+            if !in_caller {
+                self.manager.push_datasync(token, slot, 0);
+                continue;
+            }
+            let file = self.file_at(slot);
+            // SAFETY: fdatasync on a descriptor we own; it touches no memory of ours.
+            let rc = unsafe { libc::fdatasync(file.descriptor.as_raw_fd()) };
+            let result = if rc == 0 {
+                0
+            } else {
+                -i64::from(
+                    io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO),
+                )
+            };
+            file.operations -= 1;
+            self.outstanding -= 1;
+            self.datasyncs_in_caller += 1;
+            self.ready.push((token, result));
+        }
+    }
+
+    /// Reaps what the kernel has finished and turns it into ready completions; datasyncs
+    /// whose writes are now all done move to `released_syncs`.
     fn collect(&mut self) {
         let mut finished = std::mem::take(&mut self.finished);
         loop {
@@ -422,7 +466,7 @@ impl UringBackend {
                     }
                     file.held_syncs.pop_front();
                     self.held_syncs -= 1;
-                    self.manager.push_datasync(token, slot, 0);
+                    self.released_syncs.push((token, slot));
                 }
             }
         }
@@ -433,6 +477,7 @@ impl UringBackend {
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> io::Result<()> {
         self.flush()?;
         self.collect();
+        self.issue_released_syncs(false);
         // Datasyncs released by `collect` should not wait for the next call.
         self.manager.flush()?;
         out.append(&mut self.ready);
@@ -454,7 +499,12 @@ impl UringBackend {
             self.collect();
             let target = min_complete.min(self.ready.len() + self.outstanding);
             if self.ready.len() >= target {
+                self.issue_released_syncs(false);
                 break;
+            }
+            if !self.released_syncs.is_empty() {
+                self.issue_released_syncs(true);
+                continue;
             }
             let remaining = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -484,6 +534,7 @@ impl UringBackend {
             // Open batches hold buffers too: send them so that they can come back.
             self.flush()?;
             self.collect();
+            self.issue_released_syncs(false);
             let free = self.manager.free_buffers();
             if free >= needed {
                 break;
@@ -521,6 +572,7 @@ impl UringBackend {
         self.flush()?;
         let before = self.ready.len();
         self.collect();
+        self.issue_released_syncs(false);
         if self.ready.len() == before && self.outstanding > 0 {
             match self.manager.wait_for_cqe(None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -894,7 +894,7 @@ mod uring {
         }
 
         fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            let m = self.call(py, |b| Ok(b.metrics()))?;
+            let (m, in_caller) = self.call(py, |b| Ok((b.metrics(), b.datasyncs_in_caller())))?;
             let d = PyDict::new(py);
             d.set_item("submitted", m.submitted)?;
             d.set_item("completed", m.completed)?;
@@ -904,6 +904,7 @@ mod uring {
             d.set_item("sqes_submitted", m.sqes_submitted)?;
             d.set_item("short_writes_continued", m.short_writes_continued)?;
             d.set_item("cancelled_reissued", m.cancelled_reissued)?;
+            d.set_item("datasyncs_in_caller", in_caller)?;
             d.set_item("enter_calls", m.enter_calls)?;
             Ok(d)
         }
