@@ -583,8 +583,9 @@ mod uring {
         }
 
         fn lock(&self) -> MutexGuard<'_, Option<UringBackend>> {
-            // A panic inside a call (a bug) poisons the lock; the state it guards is still
-            // consistent at every await point, so keep serving rather than wedge forever.
+            // A panic inside a call (a bug, reported to Python as PanicException) poisons the
+            // lock; refusing every later call would turn that one bug into a dead instance
+            // that can no longer even be closed, so keep serving.
             self.backend
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
