@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::buffers::BufferPool;
 use crate::config::{IoUringConfig, RingMode};
-use crate::ring::{build_ring, describe_buffer_registration_error, Unavailable};
+use crate::ring::{
+    build_ring, describe_buffer_registration_error, describe_setup_error, Unavailable,
+};
 
 /// Enough bits to number the parts of a write spread over every buffer of the largest pool.
 const PART_BITS: u32 = 16;
@@ -141,12 +143,15 @@ impl RingManager {
             .register_files_sparse(config.max_files)
             .map_err(|e| {
                 Unavailable(format!(
-                    "registering {} file slots failed: {e}",
-                    config.max_files
+                    "registering {} file slots failed: {}",
+                    config.max_files,
+                    describe_setup_error(&e)
                 ))
             })?;
+        let mut ring = built.ring;
+        probe_enter(&mut ring)?;
         Ok(Self {
-            ring: built.ring,
+            ring,
             pool,
             mode: built.mode,
             fallback_reason: built.fallback_reason,
@@ -322,6 +327,34 @@ impl RingManager {
 
     fn part_entry(&self, file_slot: u32, token: u64, index: usize, part: &Part) -> squeue::Entry {
         part_entry(&self.pool, file_slot, token, index, part)
+    }
+}
+
+/// Sends one no-op through the ring and waits for it. A ring can be set up and registered
+/// and still refuse io_uring_enter (a seccomp filter that blocks only that call): better
+/// to say so now than to hand out a backend that can never complete anything.
+fn probe_enter(ring: &mut IoUring) -> Result<(), Unavailable> {
+    // Tokens start at 1, so user_data 0 is never an operation's.
+    let nop = opcode::Nop::new().build().user_data(0);
+    // SAFETY: a no-op reads no memory.
+    unsafe { ring.submission().push(&nop) }
+        .map_err(|_| Unavailable("a fresh ring has no room for one entry".to_string()))?;
+    ring.submit_and_wait(1).map_err(|e| {
+        Unavailable(format!(
+            "io_uring_enter failed: {}",
+            describe_setup_error(&e)
+        ))
+    })?;
+    let posted = ring.completion().next();
+    match posted {
+        Some(cqe) if cqe.result() >= 0 => Ok(()),
+        Some(cqe) => Err(Unavailable(format!(
+            "a no-op through the ring failed: {}",
+            io::Error::from_raw_os_error(-cqe.result())
+        ))),
+        None => Err(Unavailable(
+            "a no-op through the ring never completed".to_string(),
+        )),
     }
 }
 

@@ -96,6 +96,10 @@ pub fn describe_buffer_registration_error(err: &io::Error, bytes: usize) -> Stri
             "registering {bytes} bytes of buffers failed (ENOMEM): RLIMIT_MEMLOCK is too low; \
              raise it (ulimit -l) or lower buffer_size*buffer_count"
         ),
+        Some(libc::EPERM) => format!(
+            "registering {bytes} bytes of buffers was not permitted (EPERM), e.g. \
+             io_uring_register blocked by a seccomp filter"
+        ),
         _ => format!("registering {bytes} bytes of buffers failed: {err}"),
     }
 }
