@@ -18,10 +18,11 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::config::IoUringConfig;
+use crate::descriptor::descriptor_for_writes;
 use crate::manager::{Finished, Metrics, RingManager, TokenMap};
 use crate::ring::Unavailable;
 
@@ -66,6 +67,9 @@ struct Batch {
     /// (token, length) of each write in it, in submission order; the first token also
     /// names the SQE.
     members: Vec<(u64, usize)>,
+    /// A datasync was submitted behind it: nothing more joins, and a caller that waits for
+    /// that datasync may write it itself (see `wait`).
+    closed: bool,
 }
 
 struct OpenFile {
@@ -88,6 +92,9 @@ struct FileSlot {
     file: Option<OpenFile>,
 }
 
+/// `wait()` with a timeout shorter than this never runs an fdatasync in the caller's thread.
+const IN_CALLER_MIN_BUDGET: Duration = Duration::from_secs(1);
+
 /// A completion waiting for the caller: (token, result).
 pub type Completion = (u64, i64);
 
@@ -108,6 +115,7 @@ pub struct UringBackend {
     /// Held datasyncs whose writes have all completed: (token, slot), not yet issued.
     released_syncs: Vec<(u64, u32)>,
     datasyncs_in_caller: u64,
+    writes_in_caller: u64,
     finished: Vec<Finished>,
 }
 
@@ -133,6 +141,7 @@ impl UringBackend {
             held_syncs: 0,
             released_syncs: Vec::new(),
             datasyncs_in_caller: 0,
+            writes_in_caller: 0,
             finished: Vec::new(),
         })
     }
@@ -145,9 +154,9 @@ impl UringBackend {
         self.manager.metrics()
     }
 
-    /// Datasyncs run as fdatasync in the caller's thread inside `wait()`.
-    pub fn datasyncs_in_caller(&self) -> u64 {
-        self.datasyncs_in_caller
+    /// Datasyncs and batches run in the caller's thread inside `wait()`.
+    pub fn work_in_caller(&self) -> (u64, u64) {
+        (self.datasyncs_in_caller, self.writes_in_caller)
     }
 
     /// Submitted and not yet handed back.
@@ -156,13 +165,7 @@ impl UringBackend {
     }
 
     pub fn register_fd(&mut self, fd: RawFd) -> Result<Handle, BackendError> {
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on any integer is defined; a bad one gives EBADF.
-        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: `dup` is a descriptor we just created and nobody else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let owned = descriptor_for_writes(fd)?;
         let size = file_size(&owned)?;
         let Some(slot) = self.free_slots.pop() else {
             return Err(BackendError::TooManyFiles(format!(
@@ -205,6 +208,11 @@ impl UringBackend {
             .file
             .as_mut()
             .expect("a file stays registered while it has work in the backend")
+    }
+
+    #[cfg(test)]
+    fn free_buffers_for_test(&self) -> usize {
+        self.manager.free_buffers()
     }
 
     pub fn check_handle(&mut self, handle: Handle) -> Result<(), BackendError> {
@@ -277,7 +285,10 @@ impl UringBackend {
             .as_mut()
             .expect("handle checked");
         if let Some(batch) = file.open_batch.as_mut() {
-            if batch.offset + batch.len as u64 == offset && batch.len + len <= buffer_size {
+            if !batch.closed
+                && batch.offset + batch.len as u64 == offset
+                && batch.len + len <= buffer_size
+            {
                 gather(
                     &mut self.manager.buffer_mut(batch.buffer)[batch.len..],
                     data,
@@ -324,6 +335,7 @@ impl UringBackend {
             len,
             seq,
             members: vec![(token, len)],
+            closed: false,
         });
         self.open_batches.push(slot);
         Ok(token)
@@ -365,10 +377,13 @@ impl UringBackend {
 
     pub fn submit_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
-        self.seal(handle.slot);
         self.outstanding += 1;
         let file = self.file_at(handle.slot);
         file.operations += 1;
+        if let Some(batch) = file.open_batch.as_mut() {
+            // Not sent yet: the next flush sends it, or a wait() for this datasync writes it.
+            batch.closed = true;
+        }
         if file.writes_in_flight.is_empty() {
             return Ok(self.manager.submit_datasync(handle.slot, 0));
         }
@@ -455,22 +470,62 @@ impl UringBackend {
                     .as_mut()
                     .expect("a file stays registered while it has operations in flight");
                 file.operations -= completed;
-                if !done.is_write {
-                    continue;
-                }
-                file.writes_in_flight.remove(&done.tag);
-                let oldest = file.writes_in_flight.first().copied();
-                while let Some(&(token, covers)) = file.held_syncs.front() {
-                    if oldest.is_some_and(|seq| seq <= covers) {
-                        break;
-                    }
-                    file.held_syncs.pop_front();
-                    self.held_syncs -= 1;
-                    self.released_syncs.push((token, slot));
+                if done.is_write {
+                    self.write_finished(slot, done.tag);
                 }
             }
         }
         self.finished = finished;
+    }
+
+    /// The write with sequence `seq` of the file in `slot` is done: release the datasyncs
+    /// that were waiting for it and nothing else.
+    fn write_finished(&mut self, slot: u32, seq: u64) {
+        let file = self.slots[slot as usize]
+            .file
+            .as_mut()
+            .expect("a file stays registered while it has operations in flight");
+        file.writes_in_flight.remove(&seq);
+        let oldest = file.writes_in_flight.first().copied();
+        while let Some(&(token, covers)) = file.held_syncs.front() {
+            if oldest.is_some_and(|seq| seq <= covers) {
+                break;
+            }
+            file.held_syncs.pop_front();
+            self.held_syncs -= 1;
+            self.released_syncs.push((token, slot));
+        }
+    }
+
+    /// Writes, with pwrite in the caller's thread, every open batch that a datasync closed;
+    /// returns whether there was any.
+    fn write_closed_batches_in_caller(&mut self) -> bool {
+        let mut wrote = false;
+        let mut index = 0;
+        while index < self.open_batches.len() {
+            let slot = self.open_batches[index];
+            let file = self.file_at(slot);
+            if !file.open_batch.as_ref().is_some_and(|b| b.closed) {
+                index += 1;
+                continue;
+            }
+            let batch = file.open_batch.take().expect("checked above");
+            let fd = file.descriptor.as_raw_fd();
+            self.open_batches.swap_remove(index);
+            let bytes = &self.manager.buffer_mut(batch.buffer)[..batch.len];
+            let result = pwrite_all(fd, bytes, batch.offset);
+            self.manager.release_buffer(batch.buffer);
+            for &(token, len) in &batch.members {
+                self.ready
+                    .push((token, if result < 0 { result } else { len as i64 }));
+            }
+            self.outstanding -= batch.members.len();
+            self.file_at(slot).operations -= batch.members.len();
+            self.writes_in_caller += 1;
+            self.write_finished(slot, batch.seq);
+            wrote = true;
+        }
+        wrote
     }
 
     /// Never blocks on I/O: submits what is queued and hands back what is ready.
@@ -487,6 +542,14 @@ impl UringBackend {
     /// Blocks until `min_complete` completions are ready (or every outstanding operation is,
     /// if fewer are outstanding) or `timeout` passes. On EINTR the completions stay queued
     /// for the next call.
+    ///
+    /// A caller that has to block anyway does the durability work it waits for itself: the
+    /// writes a datasync closed that have not reached the ring yet (pwrite) and the
+    /// datasyncs whose writes are done (fdatasync). io_uring would hand both to an io-wq
+    /// worker thread (this kernel runs buffered ext4 writes and every fsync there): a hop
+    /// there and a wake-up back, which is most of what a group commit's latency has on top
+    /// of the disk's flush. Not with a timeout under `IN_CALLER_MIN_BUDGET`, so that a
+    /// short timeout is not overrun by one fdatasync.
     pub fn wait(
         &mut self,
         min_complete: usize,
@@ -494,18 +557,21 @@ impl UringBackend {
         out: &mut Vec<Completion>,
     ) -> io::Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let in_caller = timeout.is_none_or(|t| t >= IN_CALLER_MIN_BUDGET);
         loop {
-            self.flush()?;
             self.collect();
             let target = min_complete.min(self.ready.len() + self.outstanding);
             if self.ready.len() >= target {
-                self.issue_released_syncs(false);
                 break;
             }
-            if !self.released_syncs.is_empty() {
+            if in_caller
+                && (self.write_closed_batches_in_caller() || !self.released_syncs.is_empty())
+            {
                 self.issue_released_syncs(true);
                 continue;
             }
+            self.flush()?;
+            self.issue_released_syncs(false);
             let remaining = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(r) if !r.is_zero() => Some(r),
@@ -515,7 +581,8 @@ impl UringBackend {
             };
             self.manager.wait_for_cqe(remaining)?;
         }
-        self.manager.flush()?;
+        self.issue_released_syncs(false);
+        self.flush()?;
         out.append(&mut self.ready);
         Ok(())
     }
@@ -595,6 +662,34 @@ impl UringBackend {
         }
         Ok(())
     }
+}
+
+/// pwrite of all of `bytes` at `offset`, continuing short writes; the length or -errno.
+fn pwrite_all(fd: RawFd, bytes: &[u8], offset: u64) -> i64 {
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: the pointer and length describe `rest`, which outlives the call.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (offset + done as u64) as i64,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return -i64::from(libc::EIO),
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return -i64::from(err.raw_os_error().unwrap_or(libc::EIO));
+                }
+            }
+        }
+    }
+    bytes.len() as i64
 }
 
 /// Copies `parts` one after another to the start of `target`.
@@ -741,6 +836,12 @@ mod tests {
         );
         assert_eq!(
             b.manager.in_flight(),
+            0,
+            "the closed batch waits for a flush or a wait"
+        );
+        b.flush().unwrap();
+        assert_eq!(
+            b.manager.in_flight(),
             1,
             "only the write may be in the ring"
         );
@@ -750,6 +851,39 @@ mod tests {
         b.submit_datasync(h).unwrap();
         assert_eq!(b.held_syncs, 0);
         drain(&mut b);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_waiting_caller_writes_and_syncs_a_closed_batch_itself() {
+        let mut b = backend(small_standard());
+        let (path, file) = temp_file("in_caller");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        let writes = [append(&mut b, h, b"one "), append(&mut b, h, b"two")];
+        let sync = b.submit_datasync(h).unwrap();
+        let mut out = Vec::new();
+        b.wait(3, None, &mut out).unwrap();
+        assert_eq!(out, vec![(writes[0], 4), (writes[1], 3), (sync, 0)]);
+        assert_eq!(b.work_in_caller(), (1, 1));
+        assert_eq!(
+            b.manager.metrics().submitted,
+            0,
+            "nothing went through the ring"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"one two");
+        // With a short timeout the same work goes through the ring instead.
+        let late = append(&mut b, h, b"!");
+        let sync = b.submit_datasync(h).unwrap();
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            b.wait(2, Some(Duration::from_millis(100)), &mut out)
+                .unwrap();
+        }
+        assert_eq!(out, vec![(late, 1), (sync, 0)]);
+        assert_eq!(b.work_in_caller(), (1, 1));
+        assert_eq!(b.manager.metrics().submitted, 2);
+        assert_eq!(std::fs::read(&path).unwrap(), b"one two!");
+        assert_eq!(b.free_buffers_for_test(), 8, "every buffer came back");
         std::fs::remove_file(path).unwrap();
     }
 

@@ -3,6 +3,7 @@
 //! Plain Rust below `python`, so `cargo test` checks the core without an interpreter.
 
 pub mod config;
+pub mod descriptor;
 
 #[cfg(target_os = "linux")]
 pub mod backend;

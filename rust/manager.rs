@@ -274,6 +274,11 @@ impl RingManager {
         self.pool.buffer_mut(buffer)
     }
 
+    /// Takes back a buffer lent by `acquire_buffer` that never went to the kernel.
+    pub fn release_buffer(&mut self, buffer: u32) {
+        self.pool.release(buffer);
+    }
+
     /// Queues a write of the first `len` bytes of a buffer lent by `acquire_buffer`, under
     /// `token`.
     pub fn submit_registered(

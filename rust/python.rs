@@ -56,6 +56,18 @@ fn new_instance_id() -> u64 {
     NEXT_INSTANCE_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A new descriptor, owned by the caller, for writing to the file behind `fd` at explicit
+/// offsets: a duplicate, or where `fd` has O_APPEND (which makes Linux ignore write
+/// offsets) a reopening without it. Both backends keep one of these per registered file.
+#[pyfunction]
+fn descriptor_for_writes(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let raw = file_descriptor(fd)?;
+    let owned = py
+        .detach(|| crate::descriptor::descriptor_for_writes(raw))
+        .map_err(|e| os_error(&e))?;
+    Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
+}
+
 #[pyclass(name = "RingMode", module = "storage_io", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyRingMode {
@@ -275,7 +287,18 @@ impl PyIoCompletion {
 fn os_error(err: &std::io::Error) -> PyErr {
     match err.raw_os_error() {
         Some(errno) => PyOSError::new_err((errno, strerror(errno))),
-        None => PyOSError::new_err(err.to_string()),
+        None => {
+            // An error of ours that explains an errno underneath it: keep both.
+            let inner = err
+                .get_ref()
+                .and_then(|e| e.source())
+                .and_then(|e| e.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error);
+            match inner {
+                Some(errno) => PyOSError::new_err((errno, err.to_string())),
+                None => PyOSError::new_err(err.to_string()),
+            }
+        }
     }
 }
 
@@ -895,7 +918,8 @@ mod uring {
         }
 
         fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            let (m, in_caller) = self.call(py, |b| Ok((b.metrics(), b.datasyncs_in_caller())))?;
+            let (m, (syncs_in_caller, writes_in_caller)) =
+                self.call(py, |b| Ok((b.metrics(), b.work_in_caller())))?;
             let d = PyDict::new(py);
             d.set_item("submitted", m.submitted)?;
             d.set_item("completed", m.completed)?;
@@ -905,7 +929,8 @@ mod uring {
             d.set_item("sqes_submitted", m.sqes_submitted)?;
             d.set_item("short_writes_continued", m.short_writes_continued)?;
             d.set_item("cancelled_reissued", m.cancelled_reissued)?;
-            d.set_item("datasyncs_in_caller", in_caller)?;
+            d.set_item("datasyncs_in_caller", syncs_in_caller)?;
+            d.set_item("writes_in_caller", writes_in_caller)?;
             d.set_item("enter_calls", m.enter_calls)?;
             Ok(d)
         }
@@ -987,5 +1012,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIoFd>()?;
     m.add_class::<PyIoCompletion>()?;
     m.add_function(wrap_pyfunction!(new_instance_id, m)?)?;
+    m.add_function(wrap_pyfunction!(descriptor_for_writes, m)?)?;
     uring::add(m)
 }

@@ -131,3 +131,21 @@ def test_sync_and_uring_produce_identical_bytes(tmp_path, uring_kind):
     for i in range(len(sync_actual)):
         assert sync_actual[i] == sync_expected[i], f"sync backend, file {i}"
         assert uring_actual[i] == sync_actual[i], f"uring and sync differ on file {i}"
+
+
+def test_explicit_offsets_hold_on_an_o_append_descriptor(io, tmp_path):
+    # Linux ignores the offset of a write through an O_APPEND description (pwrite(2), BUGS),
+    # io_uring's writes included: a backend that wrote through the caller's description
+    # would put this write at the end, and appends in completion order.
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        handle = io.register_fd(fd)
+        io.submit_write(handle, b"ab", 2)
+        assert_all_ok(drain(io))
+        assert path.read_bytes() == b"01ab456789"
+        os.write(fd, b"!")  # the caller's own descriptor still appends
+        assert path.read_bytes() == b"01ab456789!"
+    finally:
+        os.close(fd)

@@ -14,8 +14,22 @@ Each workload is measured on an *implementation*:
 
 The backends are driven the way a user would write it: one ``submit_*`` call per record,
 completions collected with ``wait()`` whenever a few hundred are outstanding, every
-completion checked. After each run the file is read back and compared with the bytes that
-were written; a run that wrote anything else is reported as WRONG, with no figure.
+completion checked.
+
+Where a workload has a vectored form (W1, W2, W5: many small records to one file), its best
+form is measured as separate rows, next to the one-call-per-record rows, never instead:
+
+- ``pwritev``: a plain Python loop of ``os.pwritev``, `VECTOR_BATCH` records per call (W2:
+  one call per batch of 16, then ``os.fdatasync``), the baseline of the vectored rows;
+- ``sync-v``, ``uring-v``, ``uring-sqpoll-v``: the same backends driven with
+  ``submit_appendv``, `VECTOR_BATCH` records per call (W2: one ``submit_appendv`` of the
+  batch, then ``submit_datasync``).
+
+W3 (1 MiB records: the per-call cost is already negligible) and W4 (one record per round
+trip) have no vectored rows.
+
+After each run the file is read back and compared with the bytes that were written; a run
+that wrote anything else is reported as WRONG, with no figure.
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
@@ -58,11 +72,13 @@ __all__ = [
     "Outcome",
     "PreparedRun",
     "PwriteBaseline",
+    "VECTORED",
     "Workload",
     "append_4k",
     "create_implementation",
     "group_commit",
     "add_arguments",
+    "is_vectored",
     "prepare_run",
     "run_bench",
     "run_workload",
@@ -79,6 +95,15 @@ MIB = 1024 * KIB
 # default): "a few hundred" for small records, a handful of 1 MiB writes.
 SMALL_RECORD_WINDOW = 192
 LARGE_RECORD_WINDOW = 8
+
+# Records per call of the vectored rows (pwritev, *-v) of W1 and W5; W2's vectored call
+# is its batch of GROUP_COMMIT_BATCH (also 16). 16 x 4 KiB = 64 KiB is exactly one
+# registered buffer of the default pool; 16 x 256 B = 4 KiB for W5. Larger calls (64
+# records) measured no better here: from 16 on, the kernel's copy dominates, not the call.
+VECTOR_BATCH = 16
+# Vectored submissions allowed in flight before the loop waits (the one-call-per-record
+# loops allow SMALL_RECORD_WINDOW records): 32 x 16 records x 4 KiB = 2 MiB for W1.
+VECTOR_WINDOW = 32
 
 # How long the final drain waits for completions before declaring them lost (a lost
 # completion must end the run with an error, never hang the benchmark).
@@ -116,7 +141,8 @@ class Backend(Protocol):
 
 class PwriteBaseline:
     """The baseline implementation: not a backend, a marker that makes the workloads run a
-    plain ``os.pwrite`` / ``os.fdatasync`` loop instead of the submission API."""
+    plain ``os.pwrite`` (vectored runs: ``os.pwritev``) / ``os.fdatasync`` loop instead of
+    the submission API."""
 
     backend = "pwrite"
     fallback_reason: str | None = None
@@ -132,16 +158,39 @@ class ImplementationUnavailable(Exception):
     """An implementation cannot be created here; the message says why."""
 
 
-IMPLEMENTATIONS = ("pwrite", "sync", "uring", "uring-sqpoll")
+# The one-call-per-record implementations, then their vectored forms (same order).
+IMPLEMENTATIONS = (
+    "pwrite",
+    "sync",
+    "uring",
+    "uring-sqpoll",
+    "pwritev",
+    "sync-v",
+    "uring-v",
+    "uring-sqpoll-v",
+)
+VECTORED = ("pwritev", "sync-v", "uring-v", "uring-sqpoll-v")
+
+
+def is_vectored(name: str) -> bool:
+    """Whether implementation `name` drives the workloads with vectored calls."""
+    return name in VECTORED
 
 
 def create_implementation(name: str) -> Target:
     """A fresh instance of the implementation called `name` (one of `IMPLEMENTATIONS`).
 
+    A vectored name (``pwritev``, ``*-v``) gives the same instance as its plain form; pass
+    ``vectored=is_vectored(name)`` to `run_workload` / `prepare_run` to drive it vectored.
+
     Raises `ImplementationUnavailable` with the reason when it cannot run here (no io_uring,
     or SQPOLL asked for but not granted: measuring standard mode under the SQPOLL name would
     mislabel the figure).
     """
+    if name == "pwritev":
+        name = "pwrite"
+    elif name in VECTORED:
+        name = name[: -len("-v")]
     if name == "pwrite":
         return PwriteBaseline()
     if name == "sync":
@@ -209,6 +258,7 @@ class Outcome:
     batches: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     problem: str | None = None  # None when every completion was ok and the file is right
+    vectored: bool = False  # the workload's vectored form (os.pwritev / submit_appendv)
 
     @property
     def ok(self) -> bool:
@@ -243,14 +293,30 @@ class PreparedRun:
 
     Construction opens a new file and registers it (untimed); `execute()` is the timed
     work; `finish()` deregisters, checks the file, removes it and returns the `Outcome`.
+    With `vectored`, the workload's vectored form runs (``os.pwritev`` / ``submit_appendv``);
+    a workload without one raises ValueError.
     """
 
     def __init__(
-        self, workload: Workload, target: Target, directory: str, scale: float, label: str = ""
+        self,
+        workload: Workload,
+        target: Target,
+        directory: str,
+        scale: float,
+        label: str = "",
+        vectored: bool = False,
     ) -> None:
+        if vectored and not workload.has_vectored:
+            raise ValueError(f"{workload.id} {workload.name} has no vectored form")
         self.workload = workload
         self.target = target
-        self.implementation = label or target.backend
+        self.vectored = vectored
+        if label:
+            self.implementation = label
+        elif vectored:
+            self.implementation = "pwritev" if target.backend == "pwrite" else target.backend + "-v"
+        else:
+            self.implementation = target.backend
         self.count = max(1, round(workload.full_count * scale))
         self.pool = record_pool(workload.record_size)
         self.failures: list[IoCompletion] = []
@@ -277,12 +343,15 @@ class PreparedRun:
 
     def execute(self) -> None:
         """The timed work. Sets `problem` instead of raising when an operation fails."""
+        workload = self.workload
+        if isinstance(self.target, PwriteBaseline):
+            body = workload.pwritev_body if self.vectored else workload.pwrite_body
+        else:
+            body = workload.apiv_body if self.vectored else workload.api_body
+        assert body is not None  # checked at construction
         start = time.perf_counter()
         try:
-            if isinstance(self.target, PwriteBaseline):
-                self.workload.pwrite_body(self)
-            else:
-                self.workload.api_body(self)
+            body(self)
         except Exception as exc:
             self.problem = f"ERROR: {type(exc).__name__}: {exc}"
         self.elapsed_s = time.perf_counter() - start
@@ -320,6 +389,7 @@ class PreparedRun:
             batches=self.count if self.workload.records_per_unit > 1 else 0,
             latencies_ns=self.latencies_ns,
             problem=self.problem,
+            vectored=self.vectored,
         )
 
 
@@ -341,24 +411,45 @@ class Workload:
     records_per_unit: int = 1  # records per counted operation (16 for a W2 batch)
     window: int = SMALL_RECORD_WINDOW  # submissions in flight before the loop waits
     default_scale: float = 1.0
+    # The vectored form (None: the workload has none): os.pwritev and submit_appendv.
+    pwritev_body: Body | None = None
+    apiv_body: Body | None = None
 
-    def __call__(self, io: Target, directory: str, scale: float) -> Outcome:
-        return run_workload(self, io, directory, scale)
+    @property
+    def has_vectored(self) -> bool:
+        """Whether the workload has a vectored form (rows pwritev, *-v)."""
+        return self.pwritev_body is not None and self.apiv_body is not None
+
+    def __call__(
+        self, io: Target, directory: str, scale: float, vectored: bool = False
+    ) -> Outcome:
+        return run_workload(self, io, directory, scale, vectored=vectored)
 
 
 def prepare_run(
-    workload: Workload, io: Target, directory: str, scale: float, label: str = ""
+    workload: Workload,
+    io: Target,
+    directory: str,
+    scale: float,
+    label: str = "",
+    vectored: bool = False,
 ) -> PreparedRun:
     """A run of `workload` on `io` with a new file in `directory`, ready to `execute()`."""
-    return PreparedRun(workload, io, directory, scale, label)
+    return PreparedRun(workload, io, directory, scale, label, vectored)
 
 
 def run_workload(
-    workload: Workload, io: Target, directory: str, scale: float, label: str = ""
+    workload: Workload,
+    io: Target,
+    directory: str,
+    scale: float,
+    label: str = "",
+    vectored: bool = False,
 ) -> Outcome:
     """Run `workload` once on `io` (a backend or `PwriteBaseline`) at `scale` x its
-    BENCHMARKS.md operation count, with a new file in `directory`; check and remove it."""
-    run = PreparedRun(workload, io, directory, scale, label)
+    BENCHMARKS.md operation count, with a new file in `directory`; check and remove it.
+    With `vectored`, its vectored form (``os.pwritev`` / ``submit_appendv``)."""
+    run = PreparedRun(workload, io, directory, scale, label, vectored)
     run.execute()
     return run.finish()
 
@@ -576,6 +667,112 @@ def _latency_api(run: PreparedRun) -> None:
         record(clock() - start)
 
 
+# The vectored forms. The records are the same stream as above (record i is
+# pool[i % len(pool)]); a call carries VECTOR_BATCH of them (W2: its batch of 16), as a
+# tuple prepared before the loop, as a program that gathers its records would hand them over.
+
+
+def _vector_calls(run: PreparedRun, per_call: int, calls: int) -> Iterator[tuple[bytes, ...]]:
+    """The record tuples of `calls` calls of `per_call` records each, then one call with the
+    `run.records - calls * per_call` records left over, if any."""
+    pool = run.pool
+    cycle_len = len(pool) * per_call // math.gcd(len(pool), per_call)  # records until repeat
+    groups = tuple(
+        tuple(pool[(start + i) % len(pool)] for i in range(per_call))
+        for start in range(0, cycle_len, per_call)
+    )
+    yield from itertools.islice(itertools.cycle(groups), calls)
+    done = calls * per_call
+    if done < run.records:
+        yield tuple(pool[i % len(pool)] for i in range(done, run.records))
+
+
+def _pwritev_all(fd: int, batch: tuple[bytes, ...], written: int, offset: int) -> None:
+    """Finish a short os.pwritev, as a careful plain loop would."""
+    _pwrite_all(fd, b"".join(batch)[written:], offset + written)
+
+
+def _stream_pwritev(run: PreparedRun) -> None:
+    fd = run.raw_fd
+    size = run.workload.record_size
+    pwritev = os.pwritev
+    position = 0
+    for batch in _vector_calls(run, VECTOR_BATCH, run.records // VECTOR_BATCH):
+        length = len(batch) * size
+        written = pwritev(fd, batch, position)
+        if written != length:
+            _pwritev_all(fd, batch, written, position)
+        position += length
+    os.fdatasync(fd)
+
+
+def _append_stream_apiv(run: PreparedRun) -> None:
+    io, fd = _backend(run)
+    submit = io.submit_appendv
+    wait = io.wait
+    failures = run.failures
+    high = VECTOR_WINDOW
+    chunk = max(1, high // 2)
+    pending = 0
+    for batch in _vector_calls(run, VECTOR_BATCH, run.records // VECTOR_BATCH):
+        try:
+            submit(fd, batch)
+        except _BACKPRESSURE:
+            pending -= _retry(run, submit, fd, batch)
+        pending += 1
+        if pending >= high:
+            got = wait(chunk)
+            pending -= len(got)
+            for c in got:
+                if not c.ok:
+                    failures.append(c)
+    io.submit_datasync(fd)
+    _drain(run, pending + 1)
+
+
+def _group_commit_pwritev(run: PreparedRun) -> None:
+    fd = run.raw_fd
+    length = GROUP_COMMIT_BATCH * run.workload.record_size
+    pwritev = os.pwritev
+    fdatasync = os.fdatasync
+    position = 0
+    for batch in _vector_calls(run, GROUP_COMMIT_BATCH, run.count):
+        written = pwritev(fd, batch, position)
+        if written != length:
+            _pwritev_all(fd, batch, written, position)
+        position += length
+        fdatasync(fd)
+
+
+def _group_commit_apiv(run: PreparedRun) -> None:
+    io, fd = _backend(run)
+    submit = io.submit_appendv
+    datasync = io.submit_datasync
+    wait = io.wait
+    failures = run.failures
+    pending = 0
+    for batch in _vector_calls(run, GROUP_COMMIT_BATCH, run.count):
+        try:
+            submit(fd, batch)
+        except _BACKPRESSURE:
+            pending -= _retry(run, submit, fd, batch)
+        token = datasync(fd)
+        pending += 2
+        # The next batch starts only once this batch's datasync has completed.
+        committed = False
+        while not committed:
+            got = wait(pending, DRAIN_TIMEOUT_S)
+            if not got:
+                raise TimeoutError("a datasync never completed")
+            pending -= len(got)
+            for c in got:
+                if not c.ok:
+                    failures.append(c)
+                if c.token == token:
+                    committed = True
+    _drain(run, pending)
+
+
 W1 = Workload(
     "W1",
     "append_4k",
@@ -585,6 +782,8 @@ W1 = Workload(
     pwrite_body=_stream_pwrite,
     api_body=_append_stream_api,
     headline="records_per_s",
+    pwritev_body=_stream_pwritev,
+    apiv_body=_append_stream_apiv,
 )
 W2 = Workload(
     "W2",
@@ -598,6 +797,8 @@ W2 = Workload(
     headline="batches_per_s",
     records_per_unit=GROUP_COMMIT_BATCH,
     default_scale=0.25,
+    pwritev_body=_group_commit_pwritev,
+    apiv_body=_group_commit_apiv,
 )
 W3 = Workload(
     "W3",
@@ -631,20 +832,27 @@ W5 = Workload(
     pwrite_body=_stream_pwrite,
     api_body=_append_stream_api,
     headline="records_per_s",
+    pwritev_body=_stream_pwritev,
+    apiv_body=_append_stream_apiv,
 )
 
 WORKLOADS: tuple[Workload, ...] = (W1, W2, W3, W4, W5)
 
 
-def append_4k(io: Target, directory: str, scale: float = 1.0) -> Outcome:
-    """W1: 100,000 x scale appends of 4 KiB, one fdatasync at the end."""
-    return run_workload(W1, io, directory, scale)
+def append_4k(
+    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
+) -> Outcome:
+    """W1: 100,000 x scale appends of 4 KiB, one fdatasync at the end (`vectored`: 16 per
+    call)."""
+    return run_workload(W1, io, directory, scale, vectored=vectored)
 
 
-def group_commit(io: Target, directory: str, scale: float = 1.0) -> Outcome:
+def group_commit(
+    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
+) -> Outcome:
     """W2: 2,000 x scale batches of 16 appends of 4 KiB, each followed by a datasync that
-    completes before the next batch."""
-    return run_workload(W2, io, directory, scale)
+    completes before the next batch (`vectored`: the batch in one call)."""
+    return run_workload(W2, io, directory, scale, vectored=vectored)
 
 
 def seq_1m(io: Target, directory: str, scale: float = 1.0) -> Outcome:
@@ -657,9 +865,12 @@ def sync_latency(io: Target, directory: str, scale: float = 1.0) -> Outcome:
     return run_workload(W4, io, directory, scale)
 
 
-def small_256(io: Target, directory: str, scale: float = 1.0) -> Outcome:
-    """W5: 200,000 x scale appends of 256 bytes, one fdatasync at the end."""
-    return run_workload(W5, io, directory, scale)
+def small_256(
+    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
+) -> Outcome:
+    """W5: 200,000 x scale appends of 256 bytes, one fdatasync at the end (`vectored`: 16
+    per call)."""
+    return run_workload(W5, io, directory, scale, vectored=vectored)
 
 
 # -- the bench command -----------------------------------------------------------------

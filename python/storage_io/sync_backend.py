@@ -19,7 +19,14 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-from ._native import BadFdError, ClosedError, IoCompletion, IoFd, new_instance_id
+from ._native import (
+    BadFdError,
+    ClosedError,
+    IoCompletion,
+    IoFd,
+    descriptor_for_writes,
+    new_instance_id,
+)
 from .interface import StorageIo
 
 if TYPE_CHECKING:
@@ -228,10 +235,9 @@ class SyncStorageIo(StorageIo):
                     f"file must be an int descriptor or have a fileno() method, "
                     f"not {type(file).__name__}"
                 )
-            try:
-                descriptor = os.dup(source)  # OSError(EBADF) for a descriptor that is not open
-            except OverflowError:
-                raise ValueError(f"file descriptor {source} is out of range") from None
+            # A duplicate, or for an O_APPEND descriptor (whose writes would ignore their
+            # offsets) a reopening without O_APPEND; OSError(EBADF) for one not open.
+            descriptor = descriptor_for_writes(source)
             try:
                 size = os.fstat(descriptor).st_size
             except BaseException:

@@ -1,0 +1,122 @@
+//! The descriptor a backend keeps for a registered file.
+//!
+//! Our writes go to offsets reserved at submission, so the descriptor must not carry
+//! O_APPEND: on Linux a write through an O_APPEND description ignores its offset (pwrite(2),
+//! BUGS) and io_uring's writes do the same, so appends would land in completion order, and
+//! a write the caller places in the middle would land at the end. dup() shares the open
+//! file description, flags included, and clearing O_APPEND on it would change the caller's
+//! descriptor too; so an O_APPEND descriptor is reopened through /proc/self/fd as a new
+//! description of the same file, without O_APPEND.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// A descriptor of our own for the file behind `fd`, without O_APPEND, close-on-exec.
+pub fn descriptor_for_writes(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_GETFL) on any integer is defined; a bad one gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_APPEND == 0 {
+        // SAFETY: as above; on success the new descriptor is ours alone.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `dup` was just created and nobody else owns it.
+        return Ok(unsafe { OwnedFd::from_raw_fd(dup) });
+    }
+    reopen_without_append(fd, flags)
+}
+
+/// Reopening an O_APPEND descriptor failed; says why that was needed. The errno stays
+/// reachable as the error's `source`.
+#[derive(Debug)]
+pub struct ReopenFailed {
+    fd: RawFd,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for ReopenFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "descriptor {} was opened with O_APPEND, which would make writes ignore their \
+             offsets; reopening it without O_APPEND through /proc/self/fd failed: {}. Open \
+             the file without O_APPEND (storage_io places appends itself)",
+            self.fd, self.source
+        )
+    }
+}
+
+impl std::error::Error for ReopenFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn reopen_without_append(fd: RawFd, flags: i32) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in it");
+    // Keep what matters to how writes behave (access mode, O_DIRECT, O_DSYNC, O_SYNC...);
+    // O_CREAT/O_TRUNC are not kept by the kernel in F_GETFL, so nothing is recreated.
+    let keep = flags & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let reopened = unsafe { libc::open(path.as_ptr(), keep | libc::O_CLOEXEC) };
+    if reopened < 0 {
+        let source = io::Error::last_os_error();
+        return Err(io::Error::new(source.kind(), ReopenFailed { fd, source }));
+    }
+    // SAFETY: `reopened` was just created and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(reopened) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reopen_without_append(fd: RawFd, _flags: i32) -> io::Result<OwnedFd> {
+    // Elsewhere pwrite honours the offset of an O_APPEND descriptor (POSIX leaves it open,
+    // the BSDs and macOS honour it): a plain duplicate does.
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on any integer is defined.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` was just created and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn an_o_append_descriptor_is_reopened_so_offsets_hold() {
+        let path =
+            std::env::temp_dir().join(format!("storage_io_rs_{}_append", std::process::id()));
+        std::fs::write(&path, b"0123456789").unwrap();
+        let appending = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let ours = std::fs::File::from(descriptor_for_writes(appending.as_raw_fd()).unwrap());
+        ours.write_at(b"ab", 2).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"01ab456789");
+        // The caller's descriptor still appends.
+        (&appending).write_all(b"!").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"01ab456789!");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_bad_descriptor_is_ebadf() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = file.into_raw_fd();
+        // SAFETY: closing a descriptor we own, to make its number dangling.
+        unsafe { libc::close(fd) };
+        let err = descriptor_for_writes(fd).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+}
