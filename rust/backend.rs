@@ -262,8 +262,9 @@ impl UringBackend {
         self.place(handle, &[data], position, true)
     }
 
-    /// Puts a write of `data` (the concatenation of its parts) at `offset`: into the file's open batch when it continues it,
-    /// else into a new batch, else (larger than a buffer) as its own split write.
+    /// Puts a write of `data` (the concatenation of its parts) at `offset`: into the file's
+    /// open batch when it continues it, else into a new batch, else (larger than a buffer)
+    /// as its own split write.
     fn place(
         &mut self,
         handle: Handle,
