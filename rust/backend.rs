@@ -305,7 +305,13 @@ impl UringBackend {
                 return Ok(token);
             }
         }
-        self.seal(slot);
+        if self.seal(slot) {
+            // A full batch goes to the kernel now rather than at the caller's next wait:
+            // the kernel writes it (on another core) while the caller fills the next one.
+            // One syscall per batch; an error here resurfaces at the next flush or wait,
+            // which submit the same queue again.
+            let _ = self.manager.flush();
+        }
         if !self.has_room(len) {
             return Err(BackendError::NoRoom);
         }
@@ -342,15 +348,17 @@ impl UringBackend {
         Ok(token)
     }
 
-    /// Sends the open batch of the file in `slot`, if it has one, to the ring.
-    fn seal(&mut self, slot: u32) {
+    /// Sends the open batch of the file in `slot`, if it has one, to the ring; says whether
+    /// there was one.
+    fn seal(&mut self, slot: u32) -> bool {
         let Some(batch) = self.file_at(slot).open_batch.take() else {
-            return;
+            return false;
         };
         if let Some(at) = self.open_batches.iter().position(|&s| s == slot) {
             self.open_batches.swap_remove(at);
         }
         self.send_batch(slot, batch);
+        true
     }
 
     fn send_batch(&mut self, slot: u32, batch: Batch) {
