@@ -97,13 +97,14 @@ SMALL_RECORD_WINDOW = 192
 LARGE_RECORD_WINDOW = 8
 
 # Records per call of the vectored rows (pwritev, *-v) of W1 and W5; W2's vectored call
-# is its batch of GROUP_COMMIT_BATCH (also 16). 16 x 4 KiB = 64 KiB is exactly one
-# registered buffer of the default pool; 16 x 256 B = 4 KiB for W5. Larger calls (64
-# records) measured no better here: from 16 on, the kernel's copy dominates, not the call.
+# is its batch of GROUP_COMMIT_BATCH, also 16. 16 x 4 KiB = 64 KiB, exactly one registered
+# buffer of the default pool (W1); 16 x 256 B = 4 KiB (W5). Larger calls raise every
+# vectored row of W5, os.pwritev's too (64 per call: about 2x here), and change little on
+# W1, whose time is the page cache's.
 VECTOR_BATCH = 16
-# Vectored submissions allowed in flight before the loop waits (the one-call-per-record
-# loops allow SMALL_RECORD_WINDOW records): 32 x 16 records x 4 KiB = 2 MiB for W1.
-VECTOR_WINDOW = 32
+# Vectored submissions allowed in flight before the loop waits: 64 x 16 records (4 MiB of
+# W1), inside the ring and the buffer pool. 16 to 128 measured the same within the noise.
+VECTOR_WINDOW = 64
 
 # How long the final drain waits for completions before declaring them lost (a lost
 # completion must end the run with an error, never hang the benchmark).
@@ -129,6 +130,8 @@ class Backend(Protocol):
     def submit_write(self, fd: IoFd, data: bytes, offset: int) -> int: ...
 
     def submit_append(self, fd: IoFd, data: bytes) -> int: ...
+
+    def submit_appendv(self, fd: IoFd, buffers: Sequence[bytes]) -> int: ...
 
     def submit_datasync(self, fd: IoFd) -> int: ...
 
@@ -420,9 +423,7 @@ class Workload:
         """Whether the workload has a vectored form (rows pwritev, *-v)."""
         return self.pwritev_body is not None and self.apiv_body is not None
 
-    def __call__(
-        self, io: Target, directory: str, scale: float, vectored: bool = False
-    ) -> Outcome:
+    def __call__(self, io: Target, directory: str, scale: float, vectored: bool = False) -> Outcome:
         return run_workload(self, io, directory, scale, vectored=vectored)
 
 
@@ -796,7 +797,7 @@ W2 = Workload(
     api_body=_group_commit_api,
     headline="batches_per_s",
     records_per_unit=GROUP_COMMIT_BATCH,
-    default_scale=0.25,
+    default_scale=0.15,
     pwritev_body=_group_commit_pwritev,
     apiv_body=_group_commit_apiv,
 )
@@ -821,7 +822,7 @@ W4 = Workload(
     pwrite_body=_latency_pwrite,
     api_body=_latency_api,
     headline="p50_us",
-    default_scale=0.5,
+    default_scale=0.25,
 )
 W5 = Workload(
     "W5",
@@ -839,17 +840,13 @@ W5 = Workload(
 WORKLOADS: tuple[Workload, ...] = (W1, W2, W3, W4, W5)
 
 
-def append_4k(
-    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
-) -> Outcome:
+def append_4k(io: Target, directory: str, scale: float = 1.0, vectored: bool = False) -> Outcome:
     """W1: 100,000 x scale appends of 4 KiB, one fdatasync at the end (`vectored`: 16 per
     call)."""
     return run_workload(W1, io, directory, scale, vectored=vectored)
 
 
-def group_commit(
-    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
-) -> Outcome:
+def group_commit(io: Target, directory: str, scale: float = 1.0, vectored: bool = False) -> Outcome:
     """W2: 2,000 x scale batches of 16 appends of 4 KiB, each followed by a datasync that
     completes before the next batch (`vectored`: the batch in one call)."""
     return run_workload(W2, io, directory, scale, vectored=vectored)
@@ -865,9 +862,7 @@ def sync_latency(io: Target, directory: str, scale: float = 1.0) -> Outcome:
     return run_workload(W4, io, directory, scale)
 
 
-def small_256(
-    io: Target, directory: str, scale: float = 1.0, vectored: bool = False
-) -> Outcome:
+def small_256(io: Target, directory: str, scale: float = 1.0, vectored: bool = False) -> Outcome:
     """W5: 200,000 x scale appends of 256 bytes, one fdatasync at the end (`vectored`: 16
     per call)."""
     return run_workload(W5, io, directory, scale, vectored=vectored)
@@ -949,8 +944,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(IMPLEMENTATIONS),
         metavar="LIST",
         help=f"comma-separated implementations ({', '.join(IMPLEMENTATIONS)}); default: all. "
-        "pwrite is the baseline of the ratio column; implementations that cannot run here "
-        "are reported as skipped, with the reason",
+        "pwrite is the baseline of the 'x pwrite' column. The vectored forms (pwritev: "
+        f"os.pwritev; *-v: submit_appendv; {VECTOR_BATCH} records per call, W2 one call per "
+        "batch) run only on the workloads that have one, W1, W2 and W5, and are also "
+        "compared with pwritev in the 'x pwritev' column. Implementations that cannot run "
+        "here are reported as skipped, with the reason",
     )
     parser.add_argument(
         "--repeat",
@@ -966,10 +964,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="F",
         help="multiply every workload's operation count of BENCHMARKS.md by F (--scale 1: "
-        "the full counts). Default: the full counts for W1 and W5; W2 at 0.25 (500 batches) and "
-        "W4 at 0.5 (1,000 round trips), whose time is that of the disk's flushes; W3 at "
-        "0.25 (256 MiB): so that the default run stays under two minutes on a 2-core "
-        "machine",
+        "the full counts). Default: the full counts for W1 and W5; W2 at 0.15 (300 batches) and "
+        "W4 at 0.25 (500 round trips), whose time is that of the disk's flushes; W3 at "
+        "0.25 (256 MiB): so that the default run (3 repeats, all 8 implementations, 96 "
+        "runs) stays under two minutes on a 2-core machine even when its flushes are slow",
     )
     parser.add_argument(
         "--dir",
@@ -1065,7 +1063,8 @@ class _Row:
 
 
 def _ratio(row: _Row, baseline: _Row | None) -> float | None:
-    """How many times faster than pwrite (for W4, the ratio of p50 latencies)."""
+    """How many times faster than `baseline` (pwrite or pwritev; for W4, the ratio of p50
+    latencies)."""
     if baseline is None:
         return None
     mine = row.medians().get(row.workload.headline)
@@ -1093,12 +1092,25 @@ def _format_figures(row: _Row) -> str:
     return "  ".join(parts)
 
 
+def _baselines(rows: list[_Row], name: str) -> dict[str, _Row]:
+    return {r.workload.id: r for r in rows if r.implementation == name}
+
+
+def _vector_ratio(row: _Row, vector_baselines: dict[str, _Row]) -> float | None:
+    """The 'x pwritev' figure: only for the vectored rows (pwritev itself included)."""
+    if not is_vectored(row.implementation):
+        return None
+    return _ratio(row, vector_baselines.get(row.workload.id))
+
+
 def _table(rows: list[_Row], skipped: dict[str, str]) -> str:
-    baselines = {r.workload.id: r for r in rows if r.implementation == "pwrite"}
-    header = ("workload", "implementation", "figure (median)", "x pwrite", "spread")
+    baselines = _baselines(rows, "pwrite")
+    vector_baselines = _baselines(rows, "pwritev")
+    header = ("workload", "implementation", "figure (median)", "x pwrite", "x pwritev", "spread")
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
         ratio = _ratio(row, baselines.get(row.workload.id))
+        vector_ratio = _vector_ratio(row, vector_baselines)
         spread = row.spread()
         lines.append(
             (
@@ -1106,6 +1118,7 @@ def _table(rows: list[_Row], skipped: dict[str, str]) -> str:
                 row.implementation,
                 _format_figures(row),
                 "" if ratio is None else f"{ratio:.2f}x",
+                "" if vector_ratio is None else f"{vector_ratio:.2f}x",
                 "" if spread is None else f"±{spread * 100:.0f}%",
             )
         )
@@ -1122,9 +1135,16 @@ def _table(rows: list[_Row], skipped: dict[str, str]) -> str:
     for name, reason in skipped.items():
         out.append(f"skipped {name}: {reason}")
     out.append(
-        "x pwrite: how many times faster than the plain os.pwrite loop (higher is better; "
-        "W4 compares p50 latencies). spread: half the range over the repeats."
+        "x pwrite: how many times faster than the plain os.pwrite loop, one call per record "
+        "(higher is better; W4 compares p50 latencies). x pwritev: the vectored rows "
+        f"(pwritev, *-v: {VECTOR_BATCH} records per call, W2 one call per batch) against "
+        "the plain os.pwritev loop. spread: half the range over the repeats."
     )
+    if any(is_vectored(r.implementation) for r in rows):
+        out.append(
+            "No vectored rows for W3 (1 MiB records, one per call already) and W4 (one "
+            "record per round trip)."
+        )
     return "\n".join(out)
 
 
@@ -1134,7 +1154,7 @@ def _plot(rows: list[_Row], path: str) -> None:
     importlib.import_module("matplotlib").use("Agg")  # no display needed
     plt: Any = importlib.import_module("matplotlib.pyplot")
 
-    baselines = {r.workload.id: r for r in rows if r.implementation == "pwrite"}
+    baselines = _baselines(rows, "pwrite")
     workloads = list(dict.fromkeys(r.workload.id for r in rows))
     names = list(dict.fromkeys(r.implementation for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(workloads) + 2), 4.5))
@@ -1216,13 +1236,19 @@ def run_bench(args: argparse.Namespace) -> int:
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
 
-    rows = {(w.id, name): _Row(w, name) for w in workloads for name in available}
-    progress = _Progress(len(workloads) * args.repeat * len(available))
+    rows = {
+        (w.id, name): _Row(w, name)
+        for w in workloads
+        for name in available
+        if w.has_vectored or not is_vectored(name)
+    }
+    progress = _Progress(len(rows) * args.repeat)
     started = time.monotonic()
     try:
         for workload in workloads:
+            names = [name for (wid, name) in rows if wid == workload.id]
             for repeat in range(args.repeat):
-                for name in available:  # interleaved: A B C A B C ...
+                for name in names:  # interleaved: A B C A B C ...
                     progress.step(
                         f"{workload.id} {workload.name} {name} (repeat {repeat + 1}/{args.repeat})"
                     )
@@ -1241,7 +1267,7 @@ def run_bench(args: argparse.Namespace) -> int:
     ordered = list(rows.values())
     print()
     print(_table(ordered, skipped))
-    print(f"\n{len(workloads) * args.repeat * len(available)} runs in {duration:.1f}s")
+    print(f"\n{len(ordered) * args.repeat} runs in {duration:.1f}s")
 
     if args.json:
         _write_json(args, ordered, skipped, directory, fstype, scales, duration)
@@ -1258,7 +1284,9 @@ def _run_once(workload: Workload, name: str, directory: str, scale: float) -> Ou
     except ImplementationUnavailable as exc:
         return Outcome(workload.id, name, 0.0, 0, 0, problem=f"ERROR: {exc}")
     try:
-        return run_workload(workload, target, directory, scale, label=name)
+        return run_workload(
+            workload, target, directory, scale, label=name, vectored=is_vectored(name)
+        )
     except Exception as exc:  # a broken run is reported in the table, not a traceback
         return Outcome(workload.id, name, 0.0, 0, 0, problem=f"ERROR: {type(exc).__name__}: {exc}")
     finally:
@@ -1274,7 +1302,8 @@ def _write_json(
     scales: dict[str, float],
     duration: float,
 ) -> None:
-    baselines = {r.workload.id: r for r in rows if r.implementation == "pwrite"}
+    baselines = _baselines(rows, "pwrite")
+    vector_baselines = _baselines(rows, "pwritev")
     document = {
         "meta": {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1288,6 +1317,7 @@ def _write_json(
             "rlimit_memlock": _memlock_limit(),
             "repeat": args.repeat,
             "scales": scales,
+            "vector_batch": VECTOR_BATCH,
             "duration_s": duration,
         },
         "skipped": skipped,
@@ -1301,7 +1331,9 @@ def _write_json(
                 "problem": row.problem,
                 "headline": row.workload.headline,
                 "median": row.medians(),
+                "vectored": is_vectored(row.implementation),
                 "ratio_to_pwrite": _ratio(row, baselines.get(row.workload.id)),
+                "ratio_to_pwritev": _vector_ratio(row, vector_baselines),
                 "repeats": [
                     {
                         "elapsed_s": o.elapsed_s,
