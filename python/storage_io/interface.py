@@ -169,6 +169,10 @@ class StorageIo(abc.ABC):
         (None: no limit); when it passes, returns what is ready, possibly nothing. Other
         threads may run while it blocks.
 
+        The io_uring backend may do the durability work it waits for in the calling thread
+        (the writes a pending datasync covers, and the ``fdatasync`` itself) instead of
+        sleeping while a kernel worker does it; not when `timeout` is under one second.
+
         Raises `ValueError` if `min_complete` or `timeout` is negative.
         """
 
