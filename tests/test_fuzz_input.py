@@ -21,10 +21,11 @@ import tempfile
 from typing import Any
 
 import pytest
-from _support import STRESS, call_with_timeout, skip_or_fail
-from conftest import BACKENDS, build_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from _support import STRESS, call_with_timeout, skip_or_fail
+from conftest import BACKENDS, build_backend
 from storage_io import (
     IoCompletion,
     IoFd,
@@ -310,12 +311,26 @@ def test_fuzz_submissions(fuzz_env, data):
     handle = data.draw(handles(fuzz_env), label="handle")
     payload = data.draw(DATA, label="data")
     offset = data.draw(st.one_of(INTS, FLOATS, INTS.map(IntSub), st.none(), st.booleans()))
-    method = data.draw(st.sampled_from(["write", "append", "datasync", "deregister"]))
+    method = data.draw(
+        st.sampled_from(["write", "append", "writev", "appendv", "datasync", "deregister"])
+    )
+    if method in ("writev", "appendv"):
+        payload = data.draw(
+            st.one_of(
+                st.lists(DATA, max_size=4),
+                st.lists(DATA, max_size=4).map(tuple),
+                st.lists(DATA, max_size=4).map(iter),
+                DATA,  # a single object, bytes-like or not: TypeError
+            ),
+            label="buffers",
+        )
     if method == "deregister" and handle in (fuzz_env["live"], fuzz_env["readonly"]):
         method = "datasync"  # keep the module's registrations alive
     call = {
         "write": lambda: io.submit_write(handle, payload, offset),
         "append": lambda: io.submit_append(handle, payload),
+        "writev": lambda: io.submit_writev(handle, payload, offset),
+        "appendv": lambda: io.submit_appendv(handle, payload),
         "datasync": lambda: io.submit_datasync(handle),
         "deregister": lambda: io.deregister_fd(handle),
     }[method]

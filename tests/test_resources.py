@@ -18,7 +18,6 @@ import os
 import time
 
 from _support import (
-    STRESS,
     assert_exactly_once,
     drain,
     pattern,

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+
 from _support import (
     assert_all_ok,
     assert_exactly_once,
@@ -324,7 +325,7 @@ def test_fork_while_threads_submit(uring_kind, tmp_path):
             t.join(30)
         assert not any(t.is_alive() for t in threads)
         assert not errors, errors
-        for in_flight, status in statuses:
+        for _in_flight, status in statuses:
             assert os.WIFEXITED(status), f"child died: {status}"
             assert os.WEXITSTATUS(status) == 0, f"child reported {os.WEXITSTATUS(status)} failures"
         assert any(n > 0 for n, _ in statuses), "nothing was pending at any fork"
