@@ -142,3 +142,32 @@ def call_with_timeout(fn: Callable[[], Any], timeout_s: float = 10.0) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+# Records written by several threads into one file: thread id, sequence number, payload
+# length, a payload made of one byte that names the thread, and an end mark. A file of them
+# parses exactly, or the parse names the first torn or interleaved record.
+THREAD_RECORD_HEADER = b"<%02d %08d %05d "
+THREAD_RECORD_HEADER_LEN = len(THREAD_RECORD_HEADER % (0, 0, 0))
+
+
+def thread_record(tid: int, seq: int, length: int) -> bytes:
+    return THREAD_RECORD_HEADER % (tid, seq, length) + bytes([65 + tid]) * length + b">\n"
+
+
+def parse_thread_records(data: bytes) -> list[tuple[int, int]]:
+    """(thread id, sequence number) of every record, in file order."""
+    out = []
+    pos = 0
+    head_len = THREAD_RECORD_HEADER_LEN
+    while pos < len(data):
+        head = data[pos : pos + head_len]
+        assert head[:1] == b"<" and head[-1:] == b" ", f"bad header at {pos}: {head!r}"
+        tid, seq, length = (int(x) for x in head[1:-1].split(b" "))
+        body = data[pos + head_len : pos + head_len + length]
+        tail = data[pos + head_len + length : pos + head_len + length + 2]
+        assert body == bytes([65 + tid]) * length, f"torn payload at {pos}"
+        assert tail == b">\n", f"torn record end at {pos}"
+        out.append((tid, seq))
+        pos += head_len + length + 2
+    return out

@@ -5,34 +5,21 @@ from __future__ import annotations
 import random
 import threading
 
-from _support import assert_all_ok, assert_exactly_once, drain, register_path
+from _support import (
+    assert_all_ok,
+    assert_exactly_once,
+    drain,
+    parse_thread_records,
+    register_path,
+    thread_record,
+)
 
 THREADS = 8
 RECORDS_PER_THREAD = 150
-HEADER = b"<%02d %06d %05d "  # thread id, sequence number, payload length
-HEADER_LEN = len(HEADER % (0, 0, 0))
 
 
 def record(tid: int, seq: int, rng: random.Random) -> bytes:
-    payload = bytes([65 + tid]) * rng.randrange(0, 3000)
-    return HEADER % (tid, seq, len(payload)) + payload + b">\n"
-
-
-def parse_records(data: bytes) -> list[tuple[int, int]]:
-    """Walk the file record by record; a torn or interleaved record fails the parse."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        head = data[pos : pos + HEADER_LEN]
-        assert head[:1] == b"<" and head[-1:] == b" ", f"bad header at {pos}: {head!r}"
-        tid, seq, length = (int(x) for x in head[1:-1].split(b" "))
-        body = data[pos + HEADER_LEN : pos + HEADER_LEN + length]
-        tail = data[pos + HEADER_LEN + length : pos + HEADER_LEN + length + 2]
-        assert body == bytes([65 + tid]) * length, f"torn payload at {pos}"
-        assert tail == b">\n", f"torn record end at {pos}"
-        out.append((tid, seq))
-        pos += HEADER_LEN + length + 2
-    return out
+    return thread_record(tid, seq, rng.randrange(0, 3000))
 
 
 def test_threads_appending_to_one_instance(io, tmp_path):
@@ -80,13 +67,13 @@ def test_threads_appending_to_one_instance(io, tmp_path):
     assert_exactly_once(completions, all_tokens)
     assert_all_ok(completions)
 
-    records = parse_records((tmp_path / "shared").read_bytes())
+    records = parse_thread_records((tmp_path / "shared").read_bytes())
     assert len(records) == len(set(records)), "duplicated record"
     assert sorted(records) == [(t, s) for t in range(THREADS) for s in range(RECORDS_PER_THREAD)]
     for tid in range(THREADS):
         seqs = [s for t, s in records if t == tid]
         assert seqs == sorted(seqs), f"thread {tid}: appends out of submission order"
-        own = parse_records((tmp_path / f"own{tid}").read_bytes())
+        own = parse_thread_records((tmp_path / f"own{tid}").read_bytes())
         assert own == [(tid, s) for s in range(RECORDS_PER_THREAD)]
 
 

@@ -23,8 +23,10 @@ from _support import (
     assert_all_ok,
     assert_exactly_once,
     drain,
+    parse_thread_records,
     register_path,
     scaled,
+    thread_record,
 )
 from conftest import build_backend
 from storage_io import BufferExhaustedError, ClosedError, QueueFullError
@@ -34,35 +36,16 @@ SHARED_OPS = scaled(20_000, 100_000)  # one instance, eight threads
 OWN_OPS = scaled(20_000, 100_000)  # eight instances, one per thread
 FORK_OPS_AFTER = scaled(5_000, 50_000)  # parent operations after the forks
 
-HEADER = b"<%02d %08d %04d "  # thread id, sequence number, payload length
-HEADER_LEN = len(HEADER % (0, 0, 0))
-SLOT = 32  # one positional record: b"[tt ssssssss]" padded to 32 bytes
-
 
 def record(tid: int, seq: int, rng: random.Random) -> bytes:
-    payload = bytes([65 + tid]) * rng.randrange(0, 300)
-    return HEADER % (tid, seq, len(payload)) + payload + b">\n"
+    return thread_record(tid, seq, rng.randrange(0, 300))
+
+
+SLOT = 32  # one positional record: b"[tt ssssssss]" padded to 32 bytes
 
 
 def slot_record(tid: int, seq: int) -> bytes:
     return (b"[%02d %08d]" % (tid, seq)).ljust(SLOT - 1, bytes([97 + tid])) + b"\n"
-
-
-def parse_records(data: bytes) -> list[tuple[int, int]]:
-    """Walk the file record by record; a torn or interleaved record fails the parse."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        head = data[pos : pos + HEADER_LEN]
-        assert head[:1] == b"<" and head[-1:] == b" ", f"bad header at {pos}: {head!r}"
-        tid, seq, length = (int(x) for x in head[1:-1].split(b" "))
-        body = data[pos + HEADER_LEN : pos + HEADER_LEN + length]
-        tail = data[pos + HEADER_LEN + length : pos + HEADER_LEN + length + 2]
-        assert body == bytes([65 + tid]) * length, f"torn payload at {pos}"
-        assert tail == b">\n", f"torn record end at {pos}"
-        out.append((tid, seq))
-        pos += HEADER_LEN + length + 2
-    return out
 
 
 def assert_per_thread_order(records: list[tuple[int, int]], expected: dict[int, list[int]]):
@@ -173,10 +156,10 @@ def test_eight_threads_share_one_instance(make_io, tmp_path):
     elapsed = time.monotonic() - started
     print(f"\n{io.backend}: {len(tokens)} ops, 8 threads, one instance, {elapsed:.1f} s")
 
-    shared_records = parse_records((tmp_path / "shared").read_bytes())
+    shared_records = parse_thread_records((tmp_path / "shared").read_bytes())
     assert_per_thread_order(shared_records, {w.tid: w.shared_seqs for w in workers})
     for w in workers:
-        own_records = parse_records((tmp_path / f"own{w.tid}").read_bytes())
+        own_records = parse_thread_records((tmp_path / f"own{w.tid}").read_bytes())
         assert own_records == [(w.tid, s) for s in w.own_seqs], f"own file of thread {w.tid}"
     written: dict[int, tuple[int, int]] = {}
     for w in workers:
@@ -210,9 +193,9 @@ def test_eight_threads_each_with_its_own_instance(make_io, tmp_path):
 
     written: dict[int, tuple[int, int]] = {}
     for w in workers:
-        log = parse_records((tmp_path / f"log{w.tid}").read_bytes())
+        log = parse_thread_records((tmp_path / f"log{w.tid}").read_bytes())
         assert log == [(w.tid, s) for s in w.shared_seqs], f"log file of thread {w.tid}"
-        own = parse_records((tmp_path / f"own{w.tid}").read_bytes())
+        own = parse_thread_records((tmp_path / f"own{w.tid}").read_bytes())
         assert own == [(w.tid, s) for s in w.own_seqs], f"own file of thread {w.tid}"
         written.update(w.slot_writes)
     assert_slots((tmp_path / "slots").read_bytes(), written)
@@ -341,7 +324,7 @@ def test_fork_while_threads_submit(uring_kind, tmp_path):
         completions = drain(io, received)
         assert_exactly_once(completions, tokens)
         assert_all_ok(completions)
-        records = parse_records((tmp_path / "log").read_bytes())
+        records = parse_thread_records((tmp_path / "log").read_bytes())
         assert_per_thread_order(records, seqs)
         assert b"CHILD" not in (tmp_path / "log").read_bytes()
     finally:
