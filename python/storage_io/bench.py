@@ -49,7 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Union
 
@@ -523,21 +523,23 @@ def _stream_pwrite(run: PreparedRun) -> None:
     os.fdatasync(fd)
 
 
-def _append_stream_api(run: PreparedRun) -> None:
-    io, fd = _backend(run)
-    submit = io.submit_append
+def _submit_stream(
+    run: PreparedRun, submit: Callable[..., int], fd: IoFd, items: Iterable[Any], window: int
+) -> None:
+    """Submit each item with `submit(fd, item)`, keeping at most `window` in flight (waiting
+    for half of them when full), then one datasync, then drain."""
+    io, _ = _backend(run)
     wait = io.wait
     failures = run.failures
-    high = run.workload.window
-    chunk = max(1, high // 2)
+    chunk = max(1, window // 2)
     pending = 0
-    for data in itertools.islice(itertools.cycle(run.pool), run.count):
+    for item in items:
         try:
-            submit(fd, data)
+            submit(fd, item)
         except _BACKPRESSURE:
-            pending -= _retry(run, submit, fd, data)
+            pending -= _retry(run, submit, fd, item)
         pending += 1
-        if pending >= high:
+        if pending >= window:
             got = wait(chunk)
             pending -= len(got)
             for c in got:
@@ -545,6 +547,12 @@ def _append_stream_api(run: PreparedRun) -> None:
                     failures.append(c)
     io.submit_datasync(fd)
     _drain(run, pending + 1)
+
+
+def _append_stream_api(run: PreparedRun) -> None:
+    io, fd = _backend(run)
+    records = itertools.islice(itertools.cycle(run.pool), run.count)
+    _submit_stream(run, io.submit_append, fd, records, run.workload.window)
 
 
 def _write_stream_api(run: PreparedRun) -> None:
@@ -597,8 +605,6 @@ def _group_commit_api(run: PreparedRun) -> None:
     io, fd = _backend(run)
     submit = io.submit_append
     datasync = io.submit_datasync
-    wait = io.wait
-    failures = run.failures
     records = itertools.cycle(run.pool)
     pending = 0
     for _ in range(run.count):
@@ -608,21 +614,25 @@ def _group_commit_api(run: PreparedRun) -> None:
             except _BACKPRESSURE:
                 pending -= _retry(run, submit, fd, data)
             pending += 1
-        token = datasync(fd)
-        pending += 1
-        # The next batch starts only once this batch's datasync has completed.
-        committed = False
-        while not committed:
-            got = wait(pending, DRAIN_TIMEOUT_S)
-            if not got:
-                raise TimeoutError("a datasync never completed")
-            pending -= len(got)
-            for c in got:
-                if not c.ok:
-                    failures.append(c)
-                if c.token == token:
-                    committed = True
+        pending = _commit(run, datasync(fd), pending + 1)
     _drain(run, pending)
+
+
+def _commit(run: PreparedRun, token: int, pending: int) -> int:
+    """Wait until the datasync `token` has completed (the next batch starts only then);
+    return how many operations are still pending."""
+    wait = _backend(run)[0].wait
+    failures = run.failures
+    while True:
+        got = wait(pending, DRAIN_TIMEOUT_S)
+        if not got:
+            raise TimeoutError("a datasync never completed")
+        pending -= len(got)
+        for c in got:
+            if not c.ok:
+                failures.append(c)
+        if any(c.token == token for c in got):
+            return pending
 
 
 def _latency_pwrite(run: PreparedRun) -> None:
@@ -709,26 +719,8 @@ def _stream_pwritev(run: PreparedRun) -> None:
 
 def _append_stream_apiv(run: PreparedRun) -> None:
     io, fd = _backend(run)
-    submit = io.submit_appendv
-    wait = io.wait
-    failures = run.failures
-    high = VECTOR_WINDOW
-    chunk = max(1, high // 2)
-    pending = 0
-    for batch in _vector_calls(run, VECTOR_BATCH, run.records // VECTOR_BATCH):
-        try:
-            submit(fd, batch)
-        except _BACKPRESSURE:
-            pending -= _retry(run, submit, fd, batch)
-        pending += 1
-        if pending >= high:
-            got = wait(chunk)
-            pending -= len(got)
-            for c in got:
-                if not c.ok:
-                    failures.append(c)
-    io.submit_datasync(fd)
-    _drain(run, pending + 1)
+    batches = _vector_calls(run, VECTOR_BATCH, run.records // VECTOR_BATCH)
+    _submit_stream(run, io.submit_appendv, fd, batches, VECTOR_WINDOW)
 
 
 def _group_commit_pwritev(run: PreparedRun) -> None:
@@ -749,28 +741,13 @@ def _group_commit_apiv(run: PreparedRun) -> None:
     io, fd = _backend(run)
     submit = io.submit_appendv
     datasync = io.submit_datasync
-    wait = io.wait
-    failures = run.failures
     pending = 0
     for batch in _vector_calls(run, GROUP_COMMIT_BATCH, run.count):
         try:
             submit(fd, batch)
         except _BACKPRESSURE:
             pending -= _retry(run, submit, fd, batch)
-        token = datasync(fd)
-        pending += 2
-        # The next batch starts only once this batch's datasync has completed.
-        committed = False
-        while not committed:
-            got = wait(pending, DRAIN_TIMEOUT_S)
-            if not got:
-                raise TimeoutError("a datasync never completed")
-            pending -= len(got)
-            for c in got:
-                if not c.ok:
-                    failures.append(c)
-                if c.token == token:
-                    committed = True
+        pending = _commit(run, datasync(fd), pending + 2)
     _drain(run, pending)
 
 
