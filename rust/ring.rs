@@ -63,7 +63,8 @@ fn build_standard(config: &IoUringConfig) -> Result<IoUring, Unavailable> {
         })
 }
 
-/// Names the likely cause of a failed io_uring_setup, so the fallback reason is useful.
+/// Names the likely cause of a failed io_uring system call, so the fallback reason is
+/// useful.
 pub fn describe_setup_error(err: &io::Error) -> String {
     let cause = match err.raw_os_error() {
         Some(libc::ENOSYS) => "this kernel has no io_uring (ENOSYS)".to_string(),
@@ -74,11 +75,9 @@ pub fn describe_setup_error(err: &io::Error) -> String {
                     v.trim()
                 )
             }
-            _ => {
-                "io_uring_setup is not permitted here, e.g. blocked by a seccomp filter or missing \
-                  privilege (EPERM)"
-                    .to_string()
-            }
+            _ => "the io_uring system call is not permitted here, e.g. blocked by a seccomp \
+                  filter or missing privilege (EPERM)"
+                .to_string(),
         },
         Some(libc::ENOMEM) => {
             "not enough lockable memory for the ring (ENOMEM; see RLIMIT_MEMLOCK)".to_string()
