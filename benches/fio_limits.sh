@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The physical limit of this machine on the workloads W1..W5 (docs BENCHMARKS.md), as fio
+# The physical limit of this machine on the workloads W1..W5 (docs/workloads.md), as fio
 # reaches it: engine io_uring with --fixedbufs --registerfiles, each workload with and
 # without --sqthread_poll, REPEATS runs each (interleaved), medians printed as a table.
 #

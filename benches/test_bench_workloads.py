@@ -1,4 +1,4 @@
-"""The workloads W1..W5 of BENCHMARKS.md at reduced scale, on every implementation.
+"""The workloads W1..W5 of docs/workloads.md at reduced scale, on every implementation.
 
 The work is `storage_io.bench`'s (the same functions the ``bench`` command runs); only the
 `execute()` phase is timed. Each round writes a new file; after the rounds every file is
@@ -17,7 +17,7 @@ import pytest
 
 from storage_io.bench import WORKLOADS, PreparedRun, Workload, is_vectored, prepare_run
 
-# 5% of the BENCHMARKS.md counts: W1 5,000 appends, W2 100 batches, W3 51 MiB, W4 100
+# 5% of the docs/workloads.md counts: W1 5,000 appends, W2 100 batches, W3 51 MiB, W4 100
 # round trips, W5 10,000 appends. The full counts are the bench command's job.
 SCALE = 0.05
 ROUNDS = 3

@@ -35,6 +35,17 @@ pub struct Handle {
     pub generation: u32,
 }
 
+impl std::fmt::Display for Handle {
+    /// As Python shows the handle (`IoFd`), since that is where the message is read.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IoFd(owner={}, slot={}, generation={})",
+            self.owner, self.slot, self.generation
+        )
+    }
+}
+
 #[derive(Debug)]
 pub enum BackendError {
     BadFd(String),
@@ -116,7 +127,18 @@ pub struct UringBackend {
     released_syncs: Vec<(u64, u32)>,
     datasyncs_in_caller: u64,
     writes_in_caller: u64,
+    counts: OperationCounts,
     finished: Vec<Finished>,
+}
+
+/// What the caller's operations (tokens) did, however they travelled: through the ring
+/// (one SQE for a whole batch of writes), or in the caller's thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationCounts {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes_written: u64,
 }
 
 impl UringBackend {
@@ -142,6 +164,7 @@ impl UringBackend {
             released_syncs: Vec::new(),
             datasyncs_in_caller: 0,
             writes_in_caller: 0,
+            counts: OperationCounts::default(),
             finished: Vec::new(),
         })
     }
@@ -152,6 +175,10 @@ impl UringBackend {
 
     pub fn metrics(&self) -> Metrics {
         self.manager.metrics()
+    }
+
+    pub fn operation_counts(&self) -> OperationCounts {
+        self.counts
     }
 
     /// Datasyncs and batches run in the caller's thread inside `wait()`.
@@ -302,6 +329,7 @@ impl UringBackend {
                 }
                 file.operations += 1;
                 self.outstanding += 1;
+                self.counts.submitted += 1;
                 return Ok(token);
             }
         }
@@ -324,6 +352,7 @@ impl UringBackend {
         file.writes_in_flight.insert(seq);
         file.operations += 1;
         self.outstanding += 1;
+        self.counts.submitted += 1;
         if len > buffer_size {
             let token = match data {
                 [one] => self.manager.submit_write(slot, one, offset, seq),
@@ -387,6 +416,7 @@ impl UringBackend {
     pub fn submit_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
         self.outstanding += 1;
+        self.counts.submitted += 1;
         let file = self.file_at(handle.slot);
         file.operations += 1;
         if let Some(batch) = file.open_batch.as_mut() {
@@ -440,7 +470,7 @@ impl UringBackend {
             file.operations -= 1;
             self.outstanding -= 1;
             self.datasyncs_in_caller += 1;
-            self.ready.push((token, result));
+            self.deliver(token, result, false);
         }
     }
 
@@ -463,12 +493,12 @@ impl UringBackend {
                             } else {
                                 len as i64
                             };
-                            self.ready.push((token, result));
+                            self.deliver(token, result, true);
                         }
                         members.len()
                     }
                     None => {
-                        self.ready.push((done.token, done.result));
+                        self.deliver(done.token, done.result, done.is_write);
                         1
                     }
                 };
@@ -485,6 +515,17 @@ impl UringBackend {
             }
         }
         self.finished = finished;
+    }
+
+    /// Hands a finished token to the caller's next poll or wait, and counts it.
+    fn deliver(&mut self, token: u64, result: i64, is_write: bool) {
+        self.ready.push((token, result));
+        self.counts.completed += 1;
+        if result < 0 {
+            self.counts.failed += 1;
+        } else if is_write {
+            self.counts.bytes_written += result as u64;
+        }
     }
 
     /// The write with sequence `seq` of the file in `slot` is done: release the datasyncs
@@ -525,8 +566,7 @@ impl UringBackend {
             let result = pwrite_all(fd, bytes, batch.offset);
             self.manager.release_buffer(batch.buffer);
             for &(token, len) in &batch.members {
-                self.ready
-                    .push((token, if result < 0 { result } else { len as i64 }));
+                self.deliver(token, if result < 0 { result } else { len as i64 }, true);
             }
             self.outstanding -= batch.members.len();
             self.file_at(slot).operations -= batch.members.len();
@@ -712,10 +752,10 @@ fn gather(target: &mut [u8], parts: &[&[u8]]) {
 
 fn bad_fd(handle: Handle, owner: u64) -> BackendError {
     if handle.owner != owner {
-        BackendError::BadFd(format!("{handle:?} belongs to another StorageIo instance"))
+        BackendError::BadFd(format!("{handle} belongs to another StorageIo instance"))
     } else {
         BackendError::BadFd(format!(
-            "{handle:?} is not registered (deregistered or never issued)"
+            "{handle} is not registered (deregistered or never issued)"
         ))
     }
 }

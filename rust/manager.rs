@@ -667,5 +667,13 @@ impl Drop for RingManager {
             }
             sink.clear();
         }
+        if self.in_flight.is_empty() {
+            // Unregistering returns the pinned pages and their RLIMIT_MEMLOCK charge now;
+            // left to the ring's teardown, the kernel returns them some time after the ring
+            // is closed, and an instance opened right after this one (the usual 8 MiB limit
+            // holds half a default pool twice) would find the limit still used up.
+            let _ = self.ring.submitter().unregister_buffers();
+            let _ = self.ring.submitter().unregister_files();
+        }
     }
 }

@@ -918,14 +918,19 @@ mod uring {
         }
 
         fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-            let (m, (syncs_in_caller, writes_in_caller)) =
-                self.call(py, |b| Ok((b.metrics(), b.work_in_caller())))?;
+            let (m, ops, (syncs_in_caller, writes_in_caller)) = self.call(py, |b| {
+                Ok((b.metrics(), b.operation_counts(), b.work_in_caller()))
+            })?;
             let d = PyDict::new(py);
-            d.set_item("submitted", m.submitted)?;
-            d.set_item("completed", m.completed)?;
-            d.set_item("failed", m.failed)?;
-            d.set_item("bytes_written", m.bytes_written)?;
-            d.set_item("latency_ns_total", m.latency_ns_total)?;
+            // The caller's operations (tokens), as on every backend.
+            d.set_item("submitted", ops.submitted)?;
+            d.set_item("completed", ops.completed)?;
+            d.set_item("failed", ops.failed)?;
+            d.set_item("bytes_written", ops.bytes_written)?;
+            // How they travelled: ring operations (a batch of combined writes is one),
+            // their summed time from submission to completion, syscalls, SQEs.
+            d.set_item("ring_operations", m.completed)?;
+            d.set_item("ring_latency_ns_total", m.latency_ns_total)?;
             d.set_item("sqes_submitted", m.sqes_submitted)?;
             d.set_item("short_writes_continued", m.short_writes_continued)?;
             d.set_item("cancelled_reissued", m.cancelled_reissued)?;

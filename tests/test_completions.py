@@ -213,3 +213,26 @@ def test_wait_releases_the_gil_while_blocked(uring_io, full_pipe):
     worker.join(10)
     assert not worker.is_alive()
     assert [(c.token, c.result) for c in result] == [(token, 10)]
+
+
+def test_metrics_count_the_callers_operations_on_every_backend(io, tmp_path):
+    # However operations travel (combined into one write, run in the caller's thread),
+    # metrics() counts what the caller submitted: one per token.
+    fd = register_path(io, tmp_path / "f")
+    readonly = tmp_path / "ro"
+    readonly.write_bytes(b"")
+    ro_fd = os.open(readonly, os.O_RDONLY)
+    try:
+        bad = io.register_fd(ro_fd)
+    finally:
+        os.close(ro_fd)
+    tokens = [io.submit_append(fd, b"x" * 100) for _ in range(10)]
+    tokens.append(io.submit_write(fd, b"y" * 50, 5000))
+    tokens.append(io.submit_datasync(fd))
+    tokens.append(io.submit_write(bad, b"z", 0))
+    completions = drain(io)
+    assert_exactly_once(completions, tokens)
+    metrics = io.metrics()
+    assert metrics["submitted"] == metrics["completed"] == len(tokens)
+    assert metrics["failed"] == 1
+    assert metrics["bytes_written"] == 10 * 100 + 50

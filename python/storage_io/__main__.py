@@ -1,7 +1,7 @@
 """``python -m storage_io COMMAND``: the package's command line.
 
 Commands:
-  bench   measure the BENCHMARKS.md workloads on every implementation available here
+  bench   measure the workloads of docs/workloads.md on every implementation available here
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench_parser = commands.add_parser(
         "bench",
-        help="measure the BENCHMARKS.md workloads on every implementation available here",
+        help="measure the workloads of docs/workloads.md on every implementation available here",
         description="Run the workloads W1..W5 on every implementation available here (pwrite "
         "baseline, sync, uring, uring-sqpoll), interleaved, and print the medians and the "
         "ratio to the pwrite loop. Every run checks that the file holds exactly the bytes "

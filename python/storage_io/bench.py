@@ -1,6 +1,6 @@
 """The benchmark workloads and the ``python -m storage_io bench`` command.
 
-The five workloads of docs BENCHMARKS.md (W1..W5) live here, once: the ``bench`` command and
+The five workloads of docs/workloads.md (W1..W5) live here, once: the ``bench`` command and
 the pytest-benchmark suite in ``benches/`` both run these functions, so every figure the
 project quotes measures the same work.
 
@@ -401,12 +401,12 @@ Body = Callable[[PreparedRun], None]
 
 @dataclass(frozen=True)
 class Workload:
-    """One workload of BENCHMARKS.md."""
+    """One workload of docs/workloads.md."""
 
     id: str
     name: str
     description: str
-    full_count: int  # operations (or batches, W2) at scale 1: the BENCHMARKS.md count
+    full_count: int  # operations (or batches, W2) at scale 1: the docs/workloads.md count
     record_size: int
     pwrite_body: Body
     api_body: Body
@@ -448,7 +448,7 @@ def run_workload(
     vectored: bool = False,
 ) -> Outcome:
     """Run `workload` once on `io` (a backend or `PwriteBaseline`) at `scale` x its
-    BENCHMARKS.md operation count, with a new file in `directory`; check and remove it.
+    docs/workloads.md operation count, with a new file in `directory`; check and remove it.
     With `vectored`, its vectored form (``os.pwritev`` / ``submit_appendv``)."""
     run = PreparedRun(workload, io, directory, scale, label, vectored)
     run.execute()
@@ -940,7 +940,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=None,
         metavar="F",
-        help="multiply every workload's operation count of BENCHMARKS.md by F (--scale 1: "
+        help="multiply every workload's operation count of docs/workloads.md by F (--scale 1: "
         "the full counts). Default: the full counts for W1 and W5; W2 at 0.15 (300 batches) and "
         "W4 at 0.25 (500 round trips), whose time is that of the disk's flushes; W3 at "
         "0.25 (256 MiB): so that the default run (3 repeats, all 8 implementations, 96 "

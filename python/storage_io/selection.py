@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import os
 
-try:
-    import resource
-except ImportError:  # not on every platform; without it no memlock limit is assumed
-    resource = None  # type: ignore[assignment]
-
 from ._native import IoUringConfig, RingMode, UringStorageIo, UringUnavailableError
 from .interface import StorageIo
 from .sync_backend import SyncStorageIo
@@ -83,28 +78,20 @@ def open_storage_io(
 
 def _uring_with_defaults_that_fit(core_id: int) -> UringStorageIo:
     """The default config in the machine's ring mode; if its 16 MiB of registered buffers
-    exceed RLIMIT_MEMLOCK (8 MiB is the usual limit for a process without CAP_IPC_LOCK),
-    a pool of the same buffer size that fits in half the limit (the ring's own memory
-    counts against it too). Check ``.config.buffer_count`` to see which one you got."""
+    exceed RLIMIT_MEMLOCK (8 MiB is the usual limit for a process without CAP_IPC_LOCK,
+    and every live instance of the process draws on it), the largest pool of the same
+    buffer size that still fits, halving down to `MIN_BUFFERS_UNDER_MEMLOCK` buffers.
+    Check ``.config.buffer_count`` to see which one you got."""
     mode = default_ring_mode()
-    try:
-        return UringStorageIo(core_id, IoUringConfig(mode=mode))
-    except UringUnavailableError as err:
-        fitting = _buffer_count_within_memlock(IoUringConfig().buffer_size)
-        if "RLIMIT_MEMLOCK" not in str(err) or fitting is None:
-            raise
-        return UringStorageIo(core_id, IoUringConfig(mode=mode, buffer_count=fitting))
+    count = IoUringConfig().buffer_count
+    while True:
+        try:
+            return UringStorageIo(core_id, IoUringConfig(mode=mode, buffer_count=count))
+        except UringUnavailableError as err:
+            if "RLIMIT_MEMLOCK" not in str(err) or count // 2 < MIN_BUFFERS_UNDER_MEMLOCK:
+                raise
+            count //= 2
 
 
 # Fewer buffers than this and write combining has little room to work: fall back instead.
 MIN_BUFFERS_UNDER_MEMLOCK = 8
-
-
-def _buffer_count_within_memlock(buffer_size: int) -> int | None:
-    if resource is None:
-        return None
-    limit, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    if limit == resource.RLIM_INFINITY:
-        return None
-    count = min(IoUringConfig().buffer_count, (limit // 2) // buffer_size)
-    return count if count >= MIN_BUFFERS_UNDER_MEMLOCK else None
