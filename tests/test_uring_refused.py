@@ -303,3 +303,54 @@ def test_sysctl_io_uring_disabled_falls_back_to_sync(tmp_path):
     finally:
         IO_URING_DISABLED.write_text(old + "\n")
     assert_refused(results, ("io_uring_disabled",))
+
+
+SEVERAL_INSTANCES_CHILD = r"""
+import json, os, resource
+import storage_io
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (LIMIT, LIMIT))
+os.setgroups([])
+os.setgid(NOBODY)
+os.setuid(NOBODY)
+def opened():
+    io = storage_io.open_storage_io()
+    return io, [io.backend, io.config.buffer_count if io.backend != "sync" else None]
+first, a = opened()
+second, b = opened()
+first.close()
+second.close()
+reopened = []
+for _ in range(3):
+    io, c = opened()
+    reopened.append(c)
+    io.close()
+print(json.dumps({"first": a, "second": b, "reopened": reopened}))
+"""
+
+
+def test_several_instances_share_the_usual_memlock_limit(tmp_path):
+    """Under the usual unprivileged 8 MiB limit, open_storage_io() fits two io_uring
+    instances (smaller pools), and closing returns the memory at once: reopening right
+    after gets the same pool again, not the sync backend."""
+    if sys.platform != "linux":
+        pytest.skip("RLIMIT_MEMLOCK accounting of registered buffers is Linux's")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user (root ignores RLIMIT_MEMLOCK)")
+    workdir = Path(tempfile.mkdtemp(prefix="storage_io_memlock_"))
+    try:
+        os.chmod(workdir, 0o777)
+        source = f"LIMIT = {8 << 20}\nNOBODY = {NOBODY}\n" + SEVERAL_INSTANCES_CHILD
+        proc = subprocess.run(
+            [sys.executable, "-c", source],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=workdir,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    assert results["first"][0] == "uring" and results["second"][0] == "uring", results
+    assert results["first"][1] + results["second"][1] <= 128, results  # 2 x <= 4 MiB
+    assert all(r == results["first"] for r in results["reopened"]), results
