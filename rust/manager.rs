@@ -240,28 +240,39 @@ impl RingManager {
                 done: 0,
             }],
         };
+        self.issue_write(token, file_slot, parts, data.len(), tag);
+        token
+    }
+
+    /// Queues the SQEs of every part of a write and tracks it until its last part is done.
+    fn issue_write(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        parts: Vec<Part>,
+        total: usize,
+        tag: u64,
+    ) {
         for (index, part) in parts.iter().enumerate() {
             let entry = self.part_entry(file_slot, token, index, part);
             self.push(entry);
         }
         let parts_left = parts.len();
-        self.in_flight.insert(
-            token,
-            Operation {
-                file_slot,
-                tag,
-                kind: Kind::Write {
-                    parts,
-                    parts_left,
-                    first_error: None,
-                    total: data.len(),
-                },
-                submitted_at: Instant::now(),
-            },
-        );
+        let kind = Kind::Write {
+            parts,
+            parts_left,
+            first_error: None,
+            total,
+        };
+        let op = Operation {
+            file_slot,
+            tag,
+            kind,
+            submitted_at: Instant::now(),
+        };
+        self.in_flight.insert(token, op);
         self.metrics.submitted += 1;
         self.after_push();
-        token
     }
 
     /// Lends a registered buffer for the caller to fill (write combining); it comes back
@@ -296,24 +307,7 @@ impl RingManager {
             len,
             done: 0,
         };
-        let entry = self.part_entry(file_slot, token, 0, &part);
-        self.push(entry);
-        self.in_flight.insert(
-            token,
-            Operation {
-                file_slot,
-                tag,
-                kind: Kind::Write {
-                    parts: vec![part],
-                    parts_left: 1,
-                    first_error: None,
-                    total: len,
-                },
-                submitted_at: Instant::now(),
-            },
-        );
-        self.metrics.submitted += 1;
-        self.after_push();
+        self.issue_write(token, file_slot, vec![part], len, tag);
     }
 
     fn registered_part(&mut self, chunk: &[u8], offset: u64) -> Part {
