@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::IoUringConfig;
 use crate::descriptor::descriptor_for_writes;
-use crate::manager::{Finished, Metrics, RingManager, TokenMap};
+use crate::manager::{Done, Finished, Metrics, RingManager, TokenMap};
 use crate::ring::Unavailable;
 
 /// What `register_fd` hands out: the instance, the slot in the fixed-file table, and the
@@ -96,7 +96,40 @@ struct OpenFile {
     /// Tokens on this file not yet completed.
     operations: usize,
     open_batch: Option<Batch>,
+    /// Written and completed since the last datasync or started writeback, not yet handed
+    /// to writeback: the range it spans and how many bytes went into it.
+    unflushed: Unflushed,
+    /// A writeback of this file is in flight (at most one: while it runs, completed bytes
+    /// gather for the next, which then covers them all).
+    writeback_in_flight: bool,
+    /// A regular file: a pwrite in the caller's thread cannot block on it indefinitely, as
+    /// on a full pipe, and honours the offset (a pipe or socket would refuse it: ESPIPE).
+    regular: bool,
 }
+
+/// Completed writes of one file that nothing has yet asked the kernel to write back.
+#[derive(Clone, Copy, Debug, Default)]
+struct Unflushed {
+    start: u64,
+    end: u64,
+    bytes: u64,
+}
+
+impl Unflushed {
+    fn add(&mut self, offset: u64, len: u64) {
+        if self.bytes == 0 {
+            (self.start, self.end) = (offset, offset + len);
+        } else {
+            self.start = self.start.min(offset);
+            self.end = self.end.max(offset + len);
+        }
+        self.bytes += len;
+    }
+}
+
+/// The largest range one SYNC_FILE_RANGE SQE takes (its length is a u32), in whole pages.
+const MAX_WRITEBACK_RANGE: u64 = u32::MAX as u64 & !(PAGE as u64 - 1);
+const PAGE: usize = crate::config::PAGE_SIZE;
 
 struct FileSlot {
     generation: u32,
@@ -129,6 +162,9 @@ pub struct UringBackend {
     writes_in_caller: u64,
     counts: OperationCounts,
     finished: Vec<Finished>,
+    writeback_bytes: u64,
+    /// Writebacks in flight, all files: they hold no token, but close waits for them.
+    writebacks_in_flight: usize,
 }
 
 /// What the caller's operations (tokens) did, however they travelled: through the ring
@@ -166,6 +202,8 @@ impl UringBackend {
             writes_in_caller: 0,
             counts: OperationCounts::default(),
             finished: Vec::new(),
+            writeback_bytes: config.writeback_bytes as u64,
+            writebacks_in_flight: 0,
         })
     }
 
@@ -193,7 +231,7 @@ impl UringBackend {
 
     pub fn register_fd(&mut self, fd: RawFd) -> Result<Handle, BackendError> {
         let owned = descriptor_for_writes(fd)?;
-        let size = file_size(&owned)?;
+        let (size, regular) = size_and_regularity(&owned)?;
         let Some(slot) = self.free_slots.pop() else {
             return Err(BackendError::TooManyFiles(format!(
                 "all {} file slots are in use: deregister a file or raise IoUringConfig.max_files",
@@ -213,6 +251,9 @@ impl UringBackend {
             held_syncs: VecDeque::new(),
             operations: 0,
             open_batch: None,
+            unflushed: Unflushed::default(),
+            writeback_in_flight: false,
+            regular,
         });
         Ok(Handle {
             owner: self.owner,
@@ -419,6 +460,8 @@ impl UringBackend {
         self.counts.submitted += 1;
         let file = self.file_at(handle.slot);
         file.operations += 1;
+        // This datasync writes back everything completed so far: nothing left to start.
+        file.unflushed = Unflushed::default();
         if let Some(batch) = file.open_batch.as_mut() {
             // Not sent yet: the next flush sends it, or a wait() for this datasync writes it.
             batch.closed = true;
@@ -485,6 +528,16 @@ impl UringBackend {
                 break;
             }
             for done in &finished {
+                let slot = done.file_slot;
+                if done.done == Done::Writeback {
+                    self.writebacks_in_flight -= 1;
+                    self.file_at(slot).writeback_in_flight = false;
+                    // Its result does not matter: a writeback error is recorded against the
+                    // file and reported by the next fdatasync, which is what callers rely on.
+                    self.start_writeback_if_due(slot);
+                    continue;
+                }
+                let is_write = matches!(done.done, Done::Write { .. });
                 let completed = match self.batch_members.remove(&done.token) {
                     Some(members) => {
                         for &(token, len) in &members {
@@ -498,23 +551,59 @@ impl UringBackend {
                         members.len()
                     }
                     None => {
-                        self.deliver(done.token, done.result, done.is_write);
+                        self.deliver(done.token, done.result, is_write);
                         1
                     }
                 };
                 self.outstanding -= completed;
-                let slot = done.file_slot;
                 let file = self.slots[slot as usize]
                     .file
                     .as_mut()
                     .expect("a file stays registered while it has operations in flight");
                 file.operations -= completed;
-                if done.is_write {
+                if let Done::Write { offset, len } = done.done {
+                    if done.result >= 0 {
+                        file.unflushed.add(offset, len as u64);
+                        self.start_writeback_if_due(slot);
+                    }
                     self.write_finished(slot, done.tag);
                 }
             }
         }
         self.finished = finished;
+    }
+
+    /// Starts the writeback of the file's completed, not yet synced bytes once there are
+    /// `writeback_bytes` of them, and none is running for the file.
+    ///
+    /// A datasync at the end of a long run of writes otherwise finds all of them dirty in the
+    /// page cache and the disk does all its work then, after the writes, instead of during
+    /// them (W1: 400 MiB of appends spent longer in the final fdatasync than in writing).
+    /// The page the range ends in is left out: appends are still filling it, and writing it
+    /// back now would write it twice, or make the next append wait for it on devices that
+    /// need stable pages.
+    fn start_writeback_if_due(&mut self, slot: u32) {
+        let threshold = self.writeback_bytes;
+        let file = self.file_at(slot);
+        if threshold == 0 || file.writeback_in_flight || file.unflushed.bytes < threshold {
+            return;
+        }
+        let start = file.unflushed.start & !(PAGE as u64 - 1);
+        let end = (file.unflushed.end & !(PAGE as u64 - 1)).min(start + MAX_WRITEBACK_RANGE);
+        if end <= start {
+            return;
+        }
+        // What remains (the partial last page, or beyond the largest range) waits for the
+        // next one; it is counted as a page's worth so it does not trigger one on its own.
+        let rest_end = file.unflushed.end;
+        file.unflushed = Unflushed::default();
+        if rest_end > end {
+            file.unflushed.add(end, rest_end - end);
+        }
+        file.writeback_in_flight = true;
+        self.writebacks_in_flight += 1;
+        self.manager
+            .submit_writeback(slot, start, (end - start) as u32);
     }
 
     /// Hands a finished token to the caller's next poll or wait, and counts it.
@@ -547,15 +636,19 @@ impl UringBackend {
         }
     }
 
-    /// Writes, with pwrite in the caller's thread, every open batch that a datasync closed;
-    /// returns whether there was any.
-    fn write_closed_batches_in_caller(&mut self) -> bool {
+    /// Writes, with pwrite in the caller's thread, every open batch that a datasync closed,
+    /// and with `every_open` the other open batches too; returns whether there was any.
+    fn write_batches_in_caller(&mut self, every_open: bool) -> bool {
         let mut wrote = false;
         let mut index = 0;
         while index < self.open_batches.len() {
             let slot = self.open_batches[index];
             let file = self.file_at(slot);
-            if !file.open_batch.as_ref().is_some_and(|b| b.closed) {
+            let Some(closed) = file.open_batch.as_ref().map(|b| b.closed) else {
+                index += 1;
+                continue;
+            };
+            if !file.regular || (!closed && !every_open) {
                 index += 1;
                 continue;
             }
@@ -569,12 +662,28 @@ impl UringBackend {
                 self.deliver(token, if result < 0 { result } else { len as i64 }, true);
             }
             self.outstanding -= batch.members.len();
-            self.file_at(slot).operations -= batch.members.len();
+            let file = self.file_at(slot);
+            file.operations -= batch.members.len();
+            if result >= 0 && !closed {
+                // A closed batch has its datasync right behind it; this one may not.
+                file.unflushed.add(batch.offset, batch.len as u64);
+                self.start_writeback_if_due(slot);
+            }
             self.writes_in_caller += 1;
             self.write_finished(slot, batch.seq);
             wrote = true;
         }
         wrote
+    }
+
+    /// Tokens waiting in open batches, which no completion from the ring can finish.
+    fn tokens_in_open_batches(&mut self) -> usize {
+        let slots = &self.slots;
+        self.open_batches
+            .iter()
+            .filter_map(|&slot| slots[slot as usize].file.as_ref()?.open_batch.as_ref())
+            .map(|batch| batch.members.len())
+            .sum()
     }
 
     /// Never blocks on I/O: submits what is queued and hands back what is ready.
@@ -613,8 +722,13 @@ impl UringBackend {
             if self.ready.len() >= target {
                 break;
             }
+            // When even every write already in the kernel would not make up the count, the
+            // caller waits for its open batches: write them now rather than send them off
+            // and sleep until a worker has.
+            let every_open = in_caller
+                && self.ready.len() + self.outstanding - self.tokens_in_open_batches() < target;
             if in_caller
-                && (self.write_closed_batches_in_caller() || !self.released_syncs.is_empty())
+                && (self.write_batches_in_caller(every_open) || !self.released_syncs.is_empty())
             {
                 self.issue_released_syncs(true);
                 continue;
@@ -672,7 +786,11 @@ impl UringBackend {
     /// Blocks until nothing is outstanding on `handle`'s file (others' completions are kept
     /// for the next poll), then closes the backend's descriptor.
     pub fn deregister_fd(&mut self, handle: Handle) -> Result<(), BackendError> {
-        while self.file_mut(handle)?.operations > 0 {
+        loop {
+            let file = self.file_mut(handle)?;
+            if file.operations == 0 && !file.writeback_in_flight {
+                break;
+            }
             self.drive()?;
         }
         self.manager.set_file(handle.slot, -1)?;
@@ -689,7 +807,7 @@ impl UringBackend {
         let before = self.ready.len();
         self.collect();
         self.issue_released_syncs(false);
-        if self.ready.len() == before && self.outstanding > 0 {
+        if self.ready.len() == before && (self.outstanding > 0 || self.writebacks_in_flight > 0) {
             match self.manager.wait_for_cqe(None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => other?,
@@ -701,7 +819,7 @@ impl UringBackend {
     /// Waits for every operation in flight, then releases the files. The ring and buffers
     /// go when the backend is dropped.
     pub fn close(&mut self) -> io::Result<()> {
-        while self.outstanding > 0 {
+        while self.outstanding > 0 || self.writebacks_in_flight > 0 {
             self.drive()?;
         }
         for (index, slot) in self.slots.iter_mut().enumerate() {
@@ -760,7 +878,8 @@ fn bad_fd(handle: Handle, owner: u64) -> BackendError {
     }
 }
 
-fn file_size(fd: &OwnedFd) -> io::Result<u64> {
+/// The file's size, and whether it is a regular file.
+fn size_and_regularity(fd: &OwnedFd) -> io::Result<(u64, bool)> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a whole `stat` on success, which is checked before reading it.
     let rc = unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) };
@@ -769,7 +888,8 @@ fn file_size(fd: &OwnedFd) -> io::Result<u64> {
     }
     // SAFETY: fstat succeeded, so the struct is initialised.
     let stat = unsafe { stat.assume_init() };
-    Ok(u64::try_from(stat.st_size).unwrap_or(0))
+    let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+    Ok((u64::try_from(stat.st_size).unwrap_or(0), regular))
 }
 
 #[cfg(test)]
@@ -843,6 +963,37 @@ mod tests {
         done.sort_unstable();
         assert_eq!(done, sorted, "every token completes exactly once");
         assert_eq!(b.pending_count(), 0);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn writeback_starts_for_completed_whole_pages_only_and_close_waits_for_it() {
+        let mut b = backend(IoUringConfig {
+            writeback_bytes: 8192,
+            ..small_standard()
+        });
+        let (path, file) = temp_file("writeback");
+        let h = b.register_fd(file.as_raw_fd()).unwrap();
+        // 100-byte appends: completed ranges end inside a page, which must stay out.
+        for i in 0..1000 {
+            append(&mut b, h, &[i as u8; 100]);
+            if i % 100 == 99 {
+                drain(&mut b);
+            }
+        }
+        assert!(b.metrics().writebacks_started >= 1);
+        let tail = b.slots[h.slot as usize].file.as_ref().unwrap().unflushed;
+        assert_eq!(
+            tail.start % PAGE as u64,
+            0,
+            "the next range starts on a page"
+        );
+        b.close().unwrap();
+        assert_eq!(b.writebacks_in_flight, 0);
+        let mut got = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut got).unwrap();
+        let want: Vec<u8> = (0..1000).flat_map(|i| [i as u8; 100]).collect();
+        assert_eq!(got, want);
         std::fs::remove_file(path).unwrap();
     }
 

@@ -70,6 +70,24 @@ enum Kind {
         total: usize,
     },
     Sync,
+    /// An internal sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback, no caller token.
+    Writeback {
+        offset: u64,
+        len: u32,
+    },
+}
+
+/// What a finished operation was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Done {
+    /// A write of `len` bytes at `offset` (the result says whether it succeeded).
+    Write {
+        offset: u64,
+        len: usize,
+    },
+    Datasync,
+    /// A writeback the backend started itself; never reported to the caller.
+    Writeback,
 }
 
 struct Operation {
@@ -88,7 +106,7 @@ pub struct Finished {
     /// Bytes written (the whole write), 0 for a datasync, or a negative errno.
     pub result: i64,
     pub file_slot: u32,
-    pub is_write: bool,
+    pub done: Done,
     pub tag: u64,
 }
 
@@ -103,6 +121,7 @@ pub struct Metrics {
     pub short_writes_continued: u64,
     pub cancelled_reissued: u64,
     pub enter_calls: u64,
+    pub writebacks_started: u64,
 }
 
 pub struct RingManager {
@@ -364,6 +383,14 @@ fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {
         .user_data(token << PART_BITS)
 }
 
+fn writeback_entry(file_slot: u32, token: u64, offset: u64, len: u32) -> squeue::Entry {
+    opcode::SyncFileRange::new(types::Fixed(file_slot), len)
+        .offset(offset)
+        .flags(libc::SYNC_FILE_RANGE_WRITE)
+        .build()
+        .user_data(token << PART_BITS)
+}
+
 /// The SQE that writes what is left of `part`.
 fn part_entry(
     pool: &BufferPool,
@@ -422,6 +449,30 @@ impl RingManager {
             },
         );
         self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    /// Asks the kernel to start writing back `len` bytes of the file at `offset`
+    /// (sync_file_range with SYNC_FILE_RANGE_WRITE only), so that a later datasync of the
+    /// file finds less to do. Its completion is consumed by the backend, not reported.
+    ///
+    /// Only the WRITE flag, never WAIT_BEFORE/WAIT_AFTER: waiting would collect a
+    /// writeback error into this call and advance the file's error cursor, and the caller's
+    /// next fdatasync would no longer see it. Starting writeback records nothing, so an
+    /// error still surfaces at that fdatasync.
+    pub fn submit_writeback(&mut self, file_slot: u32, offset: u64, len: u32) {
+        let token = self.take_token();
+        self.push(writeback_entry(file_slot, token, offset, len));
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag: 0,
+                kind: Kind::Writeback { offset, len },
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.writebacks_started += 1;
         self.after_push();
     }
 
@@ -535,7 +586,7 @@ impl RingManager {
             .values()
             .map(|op| match &op.kind {
                 Kind::Write { parts_left, .. } => *parts_left,
-                Kind::Sync => 1,
+                Kind::Sync | Kind::Writeback { .. } => 1,
             })
             .sum()
     }
@@ -576,6 +627,9 @@ impl RingManager {
             // same SQE again from this (live) thread.
             let entry = match &op.kind {
                 Kind::Sync => datasync_entry(op.file_slot, token),
+                Kind::Writeback { offset, len } => {
+                    writeback_entry(op.file_slot, token, *offset, *len)
+                }
                 Kind::Write { parts, .. } => {
                     part_entry(&self.pool, op.file_slot, token, index, &parts[index])
                 }
@@ -585,7 +639,7 @@ impl RingManager {
             return;
         }
         let finished_result = match &mut op.kind {
-            Kind::Sync => i64::from(result),
+            Kind::Sync | Kind::Writeback { .. } => i64::from(result),
             Kind::Write {
                 parts,
                 parts_left,
@@ -627,19 +681,28 @@ impl RingManager {
             .in_flight
             .remove(&token)
             .expect("operation looked up above");
-        let is_write = matches!(op.kind, Kind::Write { .. });
-        self.metrics.completed += 1;
-        if finished_result < 0 {
-            self.metrics.failed += 1;
-        } else if let Kind::Write { total, .. } = op.kind {
-            self.metrics.bytes_written += total as u64;
+        let done = match &op.kind {
+            Kind::Write { parts, total, .. } => Done::Write {
+                offset: parts[0].offset,
+                len: *total,
+            },
+            Kind::Sync => Done::Datasync,
+            Kind::Writeback { .. } => Done::Writeback,
+        };
+        if done != Done::Writeback {
+            self.metrics.completed += 1;
+            if finished_result < 0 {
+                self.metrics.failed += 1;
+            } else if let Done::Write { len, .. } = done {
+                self.metrics.bytes_written += len as u64;
+            }
+            self.metrics.latency_ns_total += op.submitted_at.elapsed().as_nanos() as u64;
         }
-        self.metrics.latency_ns_total += op.submitted_at.elapsed().as_nanos() as u64;
         out.push(Finished {
             token,
             result: finished_result,
             file_slot: op.file_slot,
-            is_write,
+            done,
             tag: op.tag,
         });
     }

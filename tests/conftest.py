@@ -58,20 +58,26 @@ def uring_kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
-def make_io(backend_kind: str) -> Any:
-    """Factory: `make_io(buffer_size=4096, ...)` builds the parametrized backend; every
-    instance is closed at teardown."""
+def _closing_factory(kind: str) -> Any:
+    """A factory of `kind` backends (IoUringConfig fields as keywords) that closes every
+    instance it made when the fixture using it ends."""
     made: list = []
 
     def factory(**config: Any) -> Any:
-        io = build_backend(backend_kind, **config)
+        io = build_backend(kind, **config)
         made.append(io)
         return io
 
     yield factory
     for io in made:
         io.close()
+
+
+@pytest.fixture
+def make_io(backend_kind: str) -> Any:
+    """Factory: `make_io(buffer_size=4096, ...)` builds the parametrized backend; every
+    instance is closed at teardown."""
+    yield from _closing_factory(backend_kind)
 
 
 @pytest.fixture
@@ -85,3 +91,9 @@ def uring_io(uring_kind: str) -> Any:
     io = build_backend(uring_kind)
     yield io
     io.close()
+
+
+@pytest.fixture
+def make_uring_io(uring_kind: str) -> Any:
+    """As `make_io`, for the io_uring backends only (both ring modes)."""
+    yield from _closing_factory(uring_kind)

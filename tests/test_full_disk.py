@@ -259,3 +259,20 @@ def test_datasync_on_thin_storage_completes_with_enospc(make_io, backend_kind):
         done = wait_all(io, again)
         assert_all_ok(done.values())
         assert (root / "keep").read_bytes()[:13] == b"still working"
+
+
+def test_writeback_started_early_does_not_hide_the_error_from_datasync(make_io, backend_kind):
+    """The io_uring backend starts writeback of long runs of writes itself (writeback_bytes);
+    an error that writeback meets must still be reported by the caller's datasync. Here every
+    write runs into the exhausted store during that early writeback, before any datasync."""
+    with small_filesystem("thin") as root:
+        io = make_io(buffer_size=65536, buffer_count=16, writeback_bytes=65536)
+        log = register_path(io, root / "log")
+        chunk = pattern(64 * 1024, seed=9)
+        tokens = [io.submit_append(log, chunk) for _ in range(128)]  # 8 MiB, no datasync
+        for completion in wait_all(io, tokens).values():
+            assert_whole_or_enospc(completion, len(chunk), "append on thin storage")
+        if backend_kind != "sync":
+            assert io.metrics()["writebacks_started"] > 0, "no writeback started: set-up wrong"
+        sync = wait_all(io, [token := io.submit_datasync(log)])[token]
+        assert sync.result == -errno.ENOSPC, f"datasync after failed writeback: {sync.result}"

@@ -263,6 +263,7 @@ def handles(env: dict) -> st.SearchStrategy:
                 "buffer_size",
                 "buffer_count",
                 "max_files",
+                "writeback_bytes",
             ]
         ),
         st.one_of(

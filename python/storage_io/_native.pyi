@@ -45,7 +45,10 @@ class IoUringConfig:
     """Settings of one io_uring instance; invalid values raise ValueError naming the field.
 
     Defaults: ring_entries=256, mode=RingMode.SQPOLL, sqpoll_idle_ms=1000, sqpoll_cpu=None
-    (the SQPOLL thread is not pinned), buffer_size=65536, buffer_count=256, max_files=64.
+    (the SQPOLL thread is not pinned), buffer_size=65536, buffer_count=256, max_files=64,
+    writeback_bytes=1048576 (once that many bytes written to one file have completed since
+    its last datasync, their writeback to disk is started in the background, so that the
+    next datasync has less left to do; 0 turns it off).
     """
 
     # None for any field means its default (see the class docstring).
@@ -58,6 +61,7 @@ class IoUringConfig:
         buffer_size: int | None = None,
         buffer_count: int | None = None,
         max_files: int | None = None,
+        writeback_bytes: int | None = None,
     ) -> Self: ...
     @property
     def ring_entries(self) -> int: ...
@@ -73,6 +77,8 @@ class IoUringConfig:
     def buffer_count(self) -> int: ...
     @property
     def max_files(self) -> int: ...
+    @property
+    def writeback_bytes(self) -> int: ...
     def __eq__(self, other: object, /) -> bool: ...
 
 @final

@@ -1,0 +1,134 @@
+"""How the io_uring backend moves writes, where API.md leaves it to the implementation and
+docs/performance.md explains why: writeback started early for long runs of writes, and
+batches written in the waiting caller's thread. Each test checks the bytes too."""
+
+from __future__ import annotations
+
+import os
+
+from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+def _append_all(io, fd, records):
+    tokens = [io.submit_append(fd, r) for r in records]
+    completions = assert_exactly_once(drain(io), tokens)
+    assert_all_ok(completions.values())
+    return tokens
+
+
+def test_a_long_run_of_appends_starts_writeback(make_uring_io, tmp_path):
+    io = make_uring_io(writeback_bytes=MIB)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(64 * KIB, seed=i) for i in range(64)]  # 4 MiB, no datasync
+    for start in range(0, len(records), 16):
+        _append_all(io, fd, records[start : start + 16])
+    started = io.metrics()["writebacks_started"]
+    # Each writeback covers what completed since the one before: at least one per 1 MiB
+    # while the previous one has finished, never more than one per 1 MiB.
+    assert 1 <= started <= 4, started
+    io.deregister_fd(fd)  # waits for a writeback still in flight
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_writeback_bytes_zero_starts_none(make_uring_io, tmp_path):
+    io = make_uring_io(writeback_bytes=0)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(64 * KIB, seed=i) for i in range(64)]
+    for start in range(0, len(records), 16):
+        _append_all(io, fd, records[start : start + 16])
+    assert io.metrics()["writebacks_started"] == 0
+    io.deregister_fd(fd)
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_group_commits_start_no_writeback(make_uring_io, tmp_path):
+    # 64 KiB then a datasync, 40 times (2.5 MiB): each datasync writes back what came
+    # before it, so there is never a megabyte left for an early writeback.
+    io = make_uring_io(writeback_bytes=MIB)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(4 * KIB, seed=i) for i in range(16 * 40)]
+    for start in range(0, len(records), 16):
+        tokens = [io.submit_append(fd, r) for r in records[start : start + 16]]
+        tokens.append(io.submit_datasync(fd))
+        assert_all_ok(assert_exactly_once(drain(io), tokens).values())
+    assert io.metrics()["writebacks_started"] == 0
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_close_waits_for_a_writeback_in_flight(make_uring_io, tmp_path):
+    io = make_uring_io(writeback_bytes=64 * KIB)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(64 * KIB, seed=i) for i in range(32)]
+    _append_all(io, fd, records)
+    assert io.metrics()["writebacks_started"] >= 1
+    io.close()  # must neither hang nor leave the kernel working on a closed ring
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_waiting_for_an_open_batch_writes_it_in_the_caller(make_uring_io, tmp_path):
+    # Ten small appends share one registered buffer that has not gone to the kernel; the
+    # caller waits for all of them, so wait() writes the batch itself.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(100, seed=i) for i in range(10)]
+    tokens = [io.submit_append(fd, r) for r in records]
+    completions = io.wait(len(tokens))
+    assert sorted(c.token for c in completions) == sorted(tokens)
+    assert all(c.result == 100 for c in completions)
+    metrics = io.metrics()
+    assert metrics["writes_in_caller"] == 1, metrics
+    assert metrics["ring_operations"] == 0, metrics
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_waiting_with_a_short_timeout_leaves_the_batch_to_the_ring(make_uring_io, tmp_path):
+    # A timeout under a second must not be spent in a write of the caller's: the batch goes
+    # to the kernel as usual.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_append(fd, b"x" * 100) for _ in range(10)]
+    completions = []
+    while len(completions) < len(tokens):
+        completions += io.wait(len(tokens), timeout=0.5)
+    assert sorted(c.token for c in completions) == sorted(tokens)
+    metrics = io.metrics()
+    assert metrics["writes_in_caller"] == 0, metrics
+    assert metrics["ring_operations"] == 1, metrics
+    assert (tmp_path / "f").read_bytes() == b"x" * 1000
+
+
+def test_waiting_for_writes_already_in_the_kernel_leaves_the_open_batch(make_uring_io, tmp_path):
+    # Two full 4 KiB batches went to the kernel; a third is open. Waiting for two
+    # completions needs only the kernel's, so the open batch stays open.
+    io = make_uring_io(buffer_size=4096, buffer_count=8)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(1024, seed=i) for i in range(9)]  # 4 + 4 full batches, 1 open
+    tokens = [io.submit_append(fd, r) for r in records]
+    got = io.wait(2)
+    assert len(got) >= 2
+    assert io.metrics()["writes_in_caller"] == 0
+    rest = drain(io)
+    assert_exactly_once(got + rest, tokens)
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_a_pipe_is_never_written_in_the_caller(make_uring_io):
+    # pwrite on a pipe fails (ESPIPE) and may block: batches to a pipe always go through
+    # the ring, which writes it as a stream.
+    io = make_uring_io()
+    r, w = os.pipe()
+    try:
+        fd = io.register_fd(w)
+        tokens = [io.submit_write(fd, b"ab", 0), io.submit_write(fd, b"cd", 2)]
+        # A wait long enough that a caller-thread write would be allowed for a file.
+        completions = assert_exactly_once(io.wait(2, timeout=10), tokens)
+        assert [completions[t].result for t in tokens] == [2, 2]
+        assert io.metrics()["writes_in_caller"] == 0
+        assert os.read(r, 16) == b"abcd"
+        io.deregister_fd(fd)
+    finally:
+        os.close(r)
+        os.close(w)
