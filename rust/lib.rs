@@ -14,5 +14,7 @@ pub mod manager;
 #[cfg(target_os = "linux")]
 pub mod ring;
 
+#[cfg(all(feature = "python", target_os = "linux"))]
+mod fastcall;
 #[cfg(feature = "python")]
 mod python;

@@ -526,6 +526,7 @@ fn file_descriptor(file: &Bound<'_, PyAny>) -> PyResult<i32> {
 mod uring {
     use super::*;
     use crate::backend::{BackendError, Completion, Handle, UringBackend};
+    use crate::fastcall::{self, FastMethod};
     use std::sync::{Mutex, MutexGuard, Once};
 
     /// Bumped in every child after fork(): an instance remembers the value it was made under,
@@ -976,8 +977,75 @@ mod uring {
         }
     }
 
+    /// Declares a method of `PyUringStorageIo` taken over by a METH_FASTCALL function
+    /// (see `fastcall`): `$method` is the definition, `$raw` the C entry point, and `$body`
+    /// receives the instance and the `$arity` positional arguments.
+    macro_rules! fast_method {
+        ($method:ident, $raw:ident, $name:literal, $arity:literal, $body:expr) => {
+            static $method: FastMethod = FastMethod::new($name, $arity, $body);
+
+            unsafe extern "C" fn $raw(
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> *mut ffi::PyObject {
+                // SAFETY: only CPython calls this, as the method `install` put on the type.
+                unsafe { fastcall::call(&$method, slf, args, nargs, kwnames) }
+            }
+        };
+    }
+
+    fn token_object(py: Python<'_>, token: u64) -> PyResult<Py<PyAny>> {
+        Ok(token.into_pyobject(py)?.into_any().unbind())
+    }
+
+    fast_method!(
+        SUBMIT_WRITE,
+        raw_submit_write,
+        "submit_write",
+        3,
+        |slf, args| {
+            let py = slf.py();
+            let this = slf.cast::<PyUringStorageIo>()?.get();
+            let data = extract_data(&args.get(1)).map(Payload::One);
+            token_object(
+                py,
+                this.submit_payload(py, &args.get(0), data, Some(&args.get(2)))?,
+            )
+        }
+    );
+    fast_method!(
+        SUBMIT_APPEND,
+        raw_submit_append,
+        "submit_append",
+        2,
+        |slf, args| {
+            let py = slf.py();
+            let this = slf.cast::<PyUringStorageIo>()?.get();
+            let data = extract_data(&args.get(1)).map(Payload::One);
+            token_object(py, this.submit_payload(py, &args.get(0), data, None)?)
+        }
+    );
+    fast_method!(
+        SUBMIT_DATASYNC,
+        raw_submit_datasync,
+        "submit_datasync",
+        1,
+        |slf, args| {
+            let py = slf.py();
+            let this = slf.cast::<PyUringStorageIo>()?.get();
+            let handle = this.handle(py, &args.get(0))?;
+            token_object(py, this.call(py, |b| Ok(b.submit_datasync(handle)?))?)
+        }
+    );
+
     pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add_class::<PyUringStorageIo>()
+        m.add_class::<PyUringStorageIo>()?;
+        let ty = m.py().get_type::<PyUringStorageIo>();
+        fastcall::install(&ty, &SUBMIT_WRITE, raw_submit_write)?;
+        fastcall::install(&ty, &SUBMIT_APPEND, raw_submit_append)?;
+        fastcall::install(&ty, &SUBMIT_DATASYNC, raw_submit_datasync)
     }
 }
 
