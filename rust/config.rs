@@ -32,11 +32,11 @@ pub const MAX_BUFFER_SIZE: usize = 1 << 30;
 pub const PAGE_SIZE: usize = 4096;
 /// Upper bound on the fixed-file table; far above what a per-core log writer needs.
 pub const MAX_FILES: u32 = 65_536;
-/// Chosen by measurement (docs/performance.md): large enough that group commits of a few
-/// records never trigger it, small enough that a stream of appends keeps the disk busy.
-pub const DEFAULT_WRITEBACK_BYTES: usize = 1 << 20;
+/// Chosen by measurement (docs/performance.md): far above what one group commit writes, so
+/// group commits never trigger it; small enough that a stream of appends keeps the disk busy.
+pub const DEFAULT_BACKGROUND_FLUSH_BYTES: usize = 1 << 20;
 /// A bound that keeps the value meaningful; far above any useful setting.
-pub const MAX_WRITEBACK_BYTES: usize = 1 << 40;
+pub const MAX_BACKGROUND_FLUSH_BYTES: usize = 1 << 40;
 /// The kernel takes the SQPOLL idle time as u32 milliseconds; a day is plenty.
 pub const MAX_SQPOLL_IDLE_MS: u32 = 86_400_000;
 
@@ -51,10 +51,10 @@ pub struct IoUringConfig {
     pub buffer_count: usize,
     pub max_files: u32,
     /// Once this many bytes written to one file have completed since its last datasync,
-    /// the backend starts their writeback (sync_file_range, SYNC_FILE_RANGE_WRITE), so the
+    /// the backend flushes them in the background (a ranged fdatasync of its own), so the
     /// disk works while the caller keeps writing and the next datasync has less left to do.
     /// 0 turns it off.
-    pub writeback_bytes: usize,
+    pub background_flush_bytes: usize,
 }
 
 impl Default for IoUringConfig {
@@ -67,7 +67,7 @@ impl Default for IoUringConfig {
             buffer_size: 65_536,
             buffer_count: 256,
             max_files: 64,
-            writeback_bytes: DEFAULT_WRITEBACK_BYTES,
+            background_flush_bytes: DEFAULT_BACKGROUND_FLUSH_BYTES,
         }
     }
 }
@@ -151,11 +151,11 @@ impl IoUringConfig {
                 &format!("1..={MAX_FILES}"),
             ));
         }
-        if self.writeback_bytes > MAX_WRITEBACK_BYTES {
+        if self.background_flush_bytes > MAX_BACKGROUND_FLUSH_BYTES {
             return Err(out_of_range(
-                "writeback_bytes",
-                self.writeback_bytes,
-                &format!("0 (off) to {MAX_WRITEBACK_BYTES}"),
+                "background_flush_bytes",
+                self.background_flush_bytes,
+                &format!("0 (off) to {MAX_BACKGROUND_FLUSH_BYTES}"),
             ));
         }
         Ok(())
@@ -257,10 +257,10 @@ mod tests {
             ),
             (
                 IoUringConfig {
-                    writeback_bytes: MAX_WRITEBACK_BYTES + 1,
+                    background_flush_bytes: MAX_BACKGROUND_FLUSH_BYTES + 1,
                     ..d.clone()
                 },
-                "writeback_bytes",
+                "background_flush_bytes",
             ),
         ];
         for (config, field) in cases {

@@ -70,8 +70,8 @@ enum Kind {
         total: usize,
     },
     Sync,
-    /// An internal sync_file_range(SYNC_FILE_RANGE_WRITE): starts writeback, no caller token.
-    Writeback {
+    /// An fdatasync of a range that the backend issues itself; it has no caller token.
+    BackgroundFlush {
         offset: u64,
         len: u32,
     },
@@ -86,8 +86,8 @@ pub enum Done {
         len: usize,
     },
     Datasync,
-    /// A writeback the backend started itself; never reported to the caller.
-    Writeback,
+    /// A background flush of the backend's own; never reported to the caller as such.
+    BackgroundFlush,
 }
 
 struct Operation {
@@ -121,7 +121,7 @@ pub struct Metrics {
     pub short_writes_continued: u64,
     pub cancelled_reissued: u64,
     pub enter_calls: u64,
-    pub writebacks_started: u64,
+    pub background_flushes: u64,
 }
 
 pub struct RingManager {
@@ -383,10 +383,11 @@ fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {
         .user_data(token << PART_BITS)
 }
 
-fn writeback_entry(file_slot: u32, token: u64, offset: u64, len: u32) -> squeue::Entry {
-    opcode::SyncFileRange::new(types::Fixed(file_slot), len)
+fn background_flush_entry(file_slot: u32, token: u64, offset: u64, len: u32) -> squeue::Entry {
+    opcode::Fsync::new(types::Fixed(file_slot))
         .offset(offset)
-        .flags(libc::SYNC_FILE_RANGE_WRITE)
+        .len(len)
+        .flags(types::FsyncFlags::DATASYNC)
         .build()
         .user_data(token << PART_BITS)
 }
@@ -452,27 +453,21 @@ impl RingManager {
         self.after_push();
     }
 
-    /// Asks the kernel to start writing back `len` bytes of the file at `offset`
-    /// (sync_file_range with SYNC_FILE_RANGE_WRITE only), so that a later datasync of the
-    /// file finds less to do. Its completion is consumed by the backend, not reported.
-    ///
-    /// Only the WRITE flag, never WAIT_BEFORE/WAIT_AFTER: waiting would collect a
-    /// writeback error into this call and advance the file's error cursor, and the caller's
-    /// next fdatasync would no longer see it. Starting writeback records nothing, so an
-    /// error still surfaces at that fdatasync.
-    pub fn submit_writeback(&mut self, file_slot: u32, offset: u64, len: u32) {
+    /// Queues an fdatasync of `len` bytes of the file at `offset` for the backend's own
+    /// purposes (see `UringBackend::start_flush_if_due`); its completion goes to the backend.
+    pub fn submit_background_flush(&mut self, file_slot: u32, offset: u64, len: u32) {
         let token = self.take_token();
-        self.push(writeback_entry(file_slot, token, offset, len));
+        self.push(background_flush_entry(file_slot, token, offset, len));
         self.in_flight.insert(
             token,
             Operation {
                 file_slot,
                 tag: 0,
-                kind: Kind::Writeback { offset, len },
+                kind: Kind::BackgroundFlush { offset, len },
                 submitted_at: Instant::now(),
             },
         );
-        self.metrics.writebacks_started += 1;
+        self.metrics.background_flushes += 1;
         self.after_push();
     }
 
@@ -586,7 +581,7 @@ impl RingManager {
             .values()
             .map(|op| match &op.kind {
                 Kind::Write { parts_left, .. } => *parts_left,
-                Kind::Sync | Kind::Writeback { .. } => 1,
+                Kind::Sync | Kind::BackgroundFlush { .. } => 1,
             })
             .sum()
     }
@@ -627,8 +622,8 @@ impl RingManager {
             // same SQE again from this (live) thread.
             let entry = match &op.kind {
                 Kind::Sync => datasync_entry(op.file_slot, token),
-                Kind::Writeback { offset, len } => {
-                    writeback_entry(op.file_slot, token, *offset, *len)
+                Kind::BackgroundFlush { offset, len } => {
+                    background_flush_entry(op.file_slot, token, *offset, *len)
                 }
                 Kind::Write { parts, .. } => {
                     part_entry(&self.pool, op.file_slot, token, index, &parts[index])
@@ -639,7 +634,7 @@ impl RingManager {
             return;
         }
         let finished_result = match &mut op.kind {
-            Kind::Sync | Kind::Writeback { .. } => i64::from(result),
+            Kind::Sync | Kind::BackgroundFlush { .. } => i64::from(result),
             Kind::Write {
                 parts,
                 parts_left,
@@ -687,9 +682,9 @@ impl RingManager {
                 len: *total,
             },
             Kind::Sync => Done::Datasync,
-            Kind::Writeback { .. } => Done::Writeback,
+            Kind::BackgroundFlush { .. } => Done::BackgroundFlush,
         };
-        if done != Done::Writeback {
+        if done != Done::BackgroundFlush {
             self.metrics.completed += 1;
             if finished_result < 0 {
                 self.metrics.failed += 1;

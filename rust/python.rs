@@ -129,7 +129,7 @@ impl PyIoUringConfig {
     #[new]
     #[pyo3(signature = (
         ring_entries = None, mode = None, sqpoll_idle_ms = None, sqpoll_cpu = None,
-        buffer_size = None, buffer_count = None, max_files = None, writeback_bytes = None
+        buffer_size = None, buffer_count = None, max_files = None, background_flush_bytes = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -140,7 +140,7 @@ impl PyIoUringConfig {
         buffer_size: Option<&Bound<'_, PyAny>>,
         buffer_count: Option<&Bound<'_, PyAny>>,
         max_files: Option<&Bound<'_, PyAny>>,
-        writeback_bytes: Option<&Bound<'_, PyAny>>,
+        background_flush_bytes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let d = IoUringConfig::default();
         let inner = IoUringConfig {
@@ -156,8 +156,10 @@ impl PyIoUringConfig {
             buffer_count: buffer_count
                 .map_or(Ok(d.buffer_count), |v| config_int("buffer_count", v))?,
             max_files: max_files.map_or(Ok(d.max_files), |v| config_int("max_files", v))?,
-            writeback_bytes: writeback_bytes
-                .map_or(Ok(d.writeback_bytes), |v| config_int("writeback_bytes", v))?,
+            background_flush_bytes: background_flush_bytes
+                .map_or(Ok(d.background_flush_bytes), |v| {
+                    config_int("background_flush_bytes", v)
+                })?,
         };
         inner.validate().map_err(|e| PyValueError::new_err(e.0))?;
         Ok(Self { inner })
@@ -192,15 +194,15 @@ impl PyIoUringConfig {
         self.inner.max_files
     }
     #[getter]
-    fn writeback_bytes(&self) -> usize {
-        self.inner.writeback_bytes
+    fn background_flush_bytes(&self) -> usize {
+        self.inner.background_flush_bytes
     }
 
     fn __repr__(&self) -> String {
         let c = &self.inner;
         format!(
             "IoUringConfig(ring_entries={}, mode=RingMode.{}, sqpoll_idle_ms={}, sqpoll_cpu={}, \
-             buffer_size={}, buffer_count={}, max_files={}, writeback_bytes={})",
+             buffer_size={}, buffer_count={}, max_files={}, background_flush_bytes={})",
             c.ring_entries,
             c.mode.name(),
             c.sqpoll_idle_ms,
@@ -208,7 +210,7 @@ impl PyIoUringConfig {
             c.buffer_size,
             c.buffer_count,
             c.max_files,
-            c.writeback_bytes
+            c.background_flush_bytes
         )
     }
 }
@@ -946,7 +948,7 @@ mod uring {
             d.set_item("datasyncs_in_caller", syncs_in_caller)?;
             d.set_item("writes_in_caller", writes_in_caller)?;
             d.set_item("enter_calls", m.enter_calls)?;
-            d.set_item("writebacks_started", m.writebacks_started)?;
+            d.set_item("background_flushes", m.background_flushes)?;
             Ok(d)
         }
 

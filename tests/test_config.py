@@ -15,7 +15,7 @@ def test_defaults_match_the_contract():
     assert cfg.sqpoll_cpu is None
     assert cfg.buffer_size == 65536
     assert cfg.buffer_count == 256
-    assert cfg.writeback_bytes == 1 << 20
+    assert cfg.background_flush_bytes == 1 << 20
 
 
 def test_ring_mode_members():
@@ -33,10 +33,10 @@ def test_keywords_are_kept():
         sqpoll_cpu=0,
         buffer_size=4096,
         buffer_count=4,
-        writeback_bytes=0,
+        background_flush_bytes=0,
     )
-    assert cfg.writeback_bytes == 0
-    assert "writeback_bytes=0" in repr(cfg)
+    assert cfg.background_flush_bytes == 0
+    assert "background_flush_bytes=0" in repr(cfg)
     assert (cfg.ring_entries, cfg.mode, cfg.sqpoll_idle_ms, cfg.sqpoll_cpu) == (
         8,
         RingMode.SQPOLL,
@@ -51,7 +51,7 @@ def test_keywords_are_kept():
         sqpoll_cpu=0,
         buffer_size=4096,
         buffer_count=4,
-        writeback_bytes=0,
+        background_flush_bytes=0,
     )
     assert cfg != IoUringConfig()
     standard = IoUringConfig(mode=RingMode.STANDARD)
@@ -69,8 +69,8 @@ def test_keywords_are_kept():
         ("buffer_count", 0),
         ("buffer_count", -1),
         ("sqpoll_idle_ms", -1),
-        ("writeback_bytes", -1),
-        ("writeback_bytes", 1 << 41),
+        ("background_flush_bytes", -1),
+        ("background_flush_bytes", 1 << 41),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(field, value):

@@ -263,7 +263,7 @@ def handles(env: dict) -> st.SearchStrategy:
                 "buffer_size",
                 "buffer_count",
                 "max_files",
-                "writeback_bytes",
+                "background_flush_bytes",
             ]
         ),
         st.one_of(

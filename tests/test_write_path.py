@@ -1,5 +1,5 @@
 """How the io_uring backend moves writes, where API.md leaves it to the implementation and
-docs/performance.md explains why: writeback started early for long runs of writes, and
+docs/performance.md explains why: long runs of writes flushed in the background, and
 batches written in the waiting caller's thread. Each test checks the bytes too."""
 
 from __future__ import annotations
@@ -19,51 +19,51 @@ def _append_all(io, fd, records):
     return tokens
 
 
-def test_a_long_run_of_appends_starts_writeback(make_uring_io, tmp_path):
-    io = make_uring_io(writeback_bytes=MIB)
+def test_a_long_run_of_appends_is_flushed_in_the_background(make_uring_io, tmp_path):
+    io = make_uring_io(background_flush_bytes=MIB)
     fd = register_path(io, tmp_path / "f")
     records = [pattern(64 * KIB, seed=i) for i in range(64)]  # 4 MiB, no datasync
     for start in range(0, len(records), 16):
         _append_all(io, fd, records[start : start + 16])
-    started = io.metrics()["writebacks_started"]
-    # Each writeback covers what completed since the one before: at least one per 1 MiB
-    # while the previous one has finished, never more than one per 1 MiB.
+    started = io.metrics()["background_flushes"]
+    # Each flush covers what completed since the one before: at least one, never more than
+    # one per 1 MiB.
     assert 1 <= started <= 4, started
-    io.deregister_fd(fd)  # waits for a writeback still in flight
+    io.deregister_fd(fd)  # waits for a flush still in flight
     assert (tmp_path / "f").read_bytes() == b"".join(records)
 
 
-def test_writeback_bytes_zero_starts_none(make_uring_io, tmp_path):
-    io = make_uring_io(writeback_bytes=0)
+def test_background_flush_bytes_zero_starts_none(make_uring_io, tmp_path):
+    io = make_uring_io(background_flush_bytes=0)
     fd = register_path(io, tmp_path / "f")
     records = [pattern(64 * KIB, seed=i) for i in range(64)]
     for start in range(0, len(records), 16):
         _append_all(io, fd, records[start : start + 16])
-    assert io.metrics()["writebacks_started"] == 0
+    assert io.metrics()["background_flushes"] == 0
     io.deregister_fd(fd)
     assert (tmp_path / "f").read_bytes() == b"".join(records)
 
 
-def test_group_commits_start_no_writeback(make_uring_io, tmp_path):
-    # 64 KiB then a datasync, 40 times (2.5 MiB): each datasync writes back what came
-    # before it, so there is never a megabyte left for an early writeback.
-    io = make_uring_io(writeback_bytes=MIB)
+def test_group_commits_need_no_background_flush(make_uring_io, tmp_path):
+    # 64 KiB then a datasync, 40 times (2.5 MiB): each datasync flushes what came before
+    # it, so there is never a megabyte left for the background.
+    io = make_uring_io(background_flush_bytes=MIB)
     fd = register_path(io, tmp_path / "f")
     records = [pattern(4 * KIB, seed=i) for i in range(16 * 40)]
     for start in range(0, len(records), 16):
         tokens = [io.submit_append(fd, r) for r in records[start : start + 16]]
         tokens.append(io.submit_datasync(fd))
         assert_all_ok(assert_exactly_once(drain(io), tokens).values())
-    assert io.metrics()["writebacks_started"] == 0
+    assert io.metrics()["background_flushes"] == 0
     assert (tmp_path / "f").read_bytes() == b"".join(records)
 
 
-def test_close_waits_for_a_writeback_in_flight(make_uring_io, tmp_path):
-    io = make_uring_io(writeback_bytes=64 * KIB)
+def test_close_waits_for_a_flush_in_flight(make_uring_io, tmp_path):
+    io = make_uring_io(background_flush_bytes=64 * KIB)
     fd = register_path(io, tmp_path / "f")
     records = [pattern(64 * KIB, seed=i) for i in range(32)]
     _append_all(io, fd, records)
-    assert io.metrics()["writebacks_started"] >= 1
+    assert io.metrics()["background_flushes"] >= 1
     io.close()  # must neither hang nor leave the kernel working on a closed ring
     assert (tmp_path / "f").read_bytes() == b"".join(records)
 

@@ -46,8 +46,8 @@ class IoUringConfig:
 
     Defaults: ring_entries=256, mode=RingMode.SQPOLL, sqpoll_idle_ms=1000, sqpoll_cpu=None
     (the SQPOLL thread is not pinned), buffer_size=65536, buffer_count=256, max_files=64,
-    writeback_bytes=1048576 (once that many bytes written to one file have completed since
-    its last datasync, their writeback to disk is started in the background, so that the
+    background_flush_bytes=1048576 (once that many bytes written to one file have completed
+    since its last datasync, the backend flushes them to disk in the background, so that the
     next datasync has less left to do; 0 turns it off).
     """
 
@@ -61,7 +61,7 @@ class IoUringConfig:
         buffer_size: int | None = None,
         buffer_count: int | None = None,
         max_files: int | None = None,
-        writeback_bytes: int | None = None,
+        background_flush_bytes: int | None = None,
     ) -> Self: ...
     @property
     def ring_entries(self) -> int: ...
@@ -78,7 +78,7 @@ class IoUringConfig:
     @property
     def max_files(self) -> int: ...
     @property
-    def writeback_bytes(self) -> int: ...
+    def background_flush_bytes(self) -> int: ...
     def __eq__(self, other: object, /) -> bool: ...
 
 @final
