@@ -801,7 +801,6 @@ W4 = Workload(
     pwrite_body=_latency_pwrite,
     api_body=_latency_api,
     headline="p50_us",
-    default_scale=0.25,
 )
 W5 = Workload(
     "W5",
