@@ -22,7 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::config::IoUringConfig;
-use crate::descriptor::descriptor_for_writes;
+use crate::descriptor::{descriptor_for_flushes, descriptor_for_writes};
 use crate::manager::{Done, Finished, Metrics, RingManager, TokenMap};
 use crate::ring::Unavailable;
 
@@ -102,11 +102,9 @@ struct OpenFile {
     /// A background flush of this file is in flight (at most one: while it runs, completed
     /// bytes gather for the next, which then covers them all).
     flush_in_flight: bool,
-    /// The caller's datasyncs of this file from submission to completion (held, released or
-    /// in the ring). A background flush never runs beside one: see `start_flush_if_due`.
-    syncs_pending: usize,
-    /// The errno of a failed background flush, for the caller's next datasync of the file.
-    flush_error: Option<i64>,
+    /// The descriptor background flushes go through, on an open file description of its own
+    /// (`descriptor_for_flushes`); `None`: this file is not flushed in the background.
+    flush_descriptor: Option<OwnedFd>,
     /// A regular file: a pwrite in the caller's thread cannot block on it indefinitely, as
     /// on a full pipe, and honours the offset (a pipe or socket would refuse it: ESPIPE).
     regular: bool,
@@ -237,6 +235,11 @@ impl UringBackend {
     pub fn register_fd(&mut self, fd: RawFd) -> Result<Handle, BackendError> {
         let owned = descriptor_for_writes(fd)?;
         let (size, regular) = size_and_regularity(&owned)?;
+        let flush_descriptor = if self.background_flush_bytes > 0 && regular {
+            descriptor_for_flushes(owned.as_raw_fd())
+        } else {
+            None
+        };
         let Some(slot) = self.free_slots.pop() else {
             return Err(BackendError::TooManyFiles(format!(
                 "all {} file slots are in use: deregister a file or raise IoUringConfig.max_files",
@@ -258,8 +261,7 @@ impl UringBackend {
             open_batch: None,
             unflushed: Unflushed::default(),
             flush_in_flight: false,
-            syncs_pending: 0,
-            flush_error: None,
+            flush_descriptor,
             regular,
         });
         Ok(Handle {
@@ -467,14 +469,13 @@ impl UringBackend {
         self.counts.submitted += 1;
         let file = self.file_at(handle.slot);
         file.operations += 1;
-        file.syncs_pending += 1;
         // This datasync flushes everything completed so far: nothing left for the background.
         file.unflushed = Unflushed::default();
         if let Some(batch) = file.open_batch.as_mut() {
             // Not sent yet: the next flush sends it, or a wait() for this datasync writes it.
             batch.closed = true;
         }
-        if file.writes_in_flight.is_empty() && !file.flush_in_flight {
+        if file.writes_in_flight.is_empty() {
             return Ok(self.manager.submit_datasync(handle.slot, 0));
         }
         let covers = file.next_write_seq.wrapping_sub(1);
@@ -521,25 +522,8 @@ impl UringBackend {
             file.operations -= 1;
             self.outstanding -= 1;
             self.datasyncs_in_caller += 1;
-            self.datasync_finished(token, slot, result);
+            self.deliver(token, result, false);
         }
-    }
-
-    /// Delivers the caller's datasync `token` of the file in `slot` with `result`, or with
-    /// the error of a background flush that failed before it was issued: that flush's
-    /// fdatasync took the error the kernel had recorded for the file, so this one would no
-    /// longer see it.
-    fn datasync_finished(&mut self, token: u64, slot: u32, result: i64) {
-        let file = self.file_at(slot);
-        file.syncs_pending -= 1;
-        let flush_error = file.flush_error.take();
-        let result = match flush_error {
-            Some(errno) if result == 0 => errno,
-            _ => result,
-        };
-        self.deliver(token, result, false);
-        // Writes that completed while it was pending may be due a background flush now.
-        self.start_flush_if_due(slot);
     }
 
     /// Reaps what the kernel has finished and turns it into ready completions; datasyncs
@@ -556,22 +540,14 @@ impl UringBackend {
                 let slot = done.file_slot;
                 if done.done == Done::BackgroundFlush {
                     self.flushes_in_flight -= 1;
-                    let file = self.file_at(slot);
-                    file.flush_in_flight = false;
-                    if done.result < 0 {
-                        file.flush_error.get_or_insert(done.result);
-                    }
-                    // Datasyncs submitted meanwhile were held for it.
-                    self.release_held_syncs(slot);
+                    self.file_at(slot).flush_in_flight = false;
+                    // Its result is nobody's: an error it met was taken on its own open file
+                    // description, and every other description of the file (the caller's
+                    // datasyncs go through ours) still reports it.
                     self.start_flush_if_due(slot);
                     continue;
                 }
-                if done.done == Done::Datasync {
-                    self.outstanding -= 1;
-                    self.file_at(slot).operations -= 1;
-                    self.datasync_finished(done.token, slot, done.result);
-                    continue;
-                }
+                let is_write = matches!(done.done, Done::Write { .. });
                 let completed = match self.batch_members.remove(&done.token) {
                     Some(members) => {
                         for &(token, len) in &members {
@@ -585,7 +561,7 @@ impl UringBackend {
                         members.len()
                     }
                     None => {
-                        self.deliver(done.token, done.result, true);
+                        self.deliver(done.token, done.result, is_write);
                         1
                     }
                 };
@@ -617,11 +593,9 @@ impl UringBackend {
     /// megabyte at a time as the writes complete, the disk keeps pace with them, and the
     /// caller's datasync finds only the last stretch left.
     ///
-    /// Never beside a datasync of the caller's on the same file (held, or in flight): an
-    /// fdatasync takes the writeback error the kernel has recorded for the file, so of two
-    /// running together, one may return 0 for data whose writeback failed. A caller's
-    /// datasync waits for a background flush in flight (see `submit_datasync`), and one
-    /// that failed hands its error to that datasync (`flush_error`).
+    /// It goes through a descriptor on an open file description of its own: an fdatasync
+    /// reports a writeback error once per description, and this one must not take the
+    /// error from the caller's datasyncs (which use ours) or from the caller's descriptors.
     ///
     /// The page the range ends in is left out: appends are still filling it, and flushing it
     /// now would write it twice, or make the next append wait for it on devices that need
@@ -629,20 +603,19 @@ impl UringBackend {
     fn start_flush_if_due(&mut self, slot: u32) {
         let threshold = self.background_flush_bytes;
         let file = self.file_at(slot);
-        if threshold == 0
-            || file.flush_in_flight
-            || file.syncs_pending > 0
-            || file.unflushed.bytes < threshold
-        {
+        if threshold == 0 || file.flush_in_flight || file.unflushed.bytes < threshold {
             return;
         }
+        let Some(fd) = file.flush_descriptor.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
         let start = file.unflushed.start & !(PAGE as u64 - 1);
         let end = (file.unflushed.end & !(PAGE as u64 - 1)).min(start + MAX_FLUSH_RANGE);
         if end <= start {
             return;
         }
         // What remains (the partial last page, or beyond the largest range) waits for the
-        // next one; it is counted as a page's worth so it does not trigger one on its own.
+        // next flush.
         let rest_end = file.unflushed.end;
         file.unflushed = Unflushed::default();
         if rest_end > end {
@@ -651,7 +624,7 @@ impl UringBackend {
         file.flush_in_flight = true;
         self.flushes_in_flight += 1;
         self.manager
-            .submit_background_flush(slot, start, (end - start) as u32);
+            .submit_background_flush(slot, fd, start, (end - start) as u32);
     }
 
     /// Hands a finished token to the caller's next poll or wait, and counts it.
@@ -668,20 +641,11 @@ impl UringBackend {
     /// The write with sequence `seq` of the file in `slot` is done: release the datasyncs
     /// that were waiting for it and nothing else.
     fn write_finished(&mut self, slot: u32, seq: u64) {
-        self.file_at(slot).writes_in_flight.remove(&seq);
-        self.release_held_syncs(slot);
-    }
-
-    /// Moves the file's held datasyncs whose writes have all completed to `released_syncs`,
-    /// unless a background flush is in flight (they wait for it, see `start_flush_if_due`).
-    fn release_held_syncs(&mut self, slot: u32) {
         let file = self.slots[slot as usize]
             .file
             .as_mut()
             .expect("a file stays registered while it has operations in flight");
-        if file.flush_in_flight {
-            return;
-        }
+        file.writes_in_flight.remove(&seq);
         let oldest = file.writes_in_flight.first().copied();
         while let Some(&(token, covers)) = file.held_syncs.front() {
             if oldest.is_some_and(|seq| seq <= covers) {
@@ -701,11 +665,14 @@ impl UringBackend {
         while index < self.open_batches.len() {
             let slot = self.open_batches[index];
             let file = self.file_at(slot);
-            let Some(closed) = file.open_batch.as_ref().map(|b| b.closed) else {
+            let Some((closed, seq)) = file.open_batch.as_ref().map(|b| (b.closed, b.seq)) else {
                 index += 1;
                 continue;
             };
-            if !file.regular || (!closed && !every_open) {
+            // Only the file's oldest unfinished write: an earlier one still in the ring may
+            // overlap it, and a pwrite now would land first and be overwritten by it.
+            let oldest = file.writes_in_flight.first() == Some(&seq);
+            if !file.regular || !oldest || (!closed && !every_open) {
                 index += 1;
                 continue;
             }
@@ -734,7 +701,7 @@ impl UringBackend {
     }
 
     /// Tokens waiting in open batches, which no completion from the ring can finish.
-    fn tokens_in_open_batches(&mut self) -> usize {
+    fn tokens_in_open_batches(&self) -> usize {
         let slots = &self.slots;
         self.open_batches
             .iter()
@@ -1049,76 +1016,21 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_background_flush_is_reported_by_the_next_datasync_only() {
+    fn a_waiting_caller_never_writes_a_batch_ahead_of_an_earlier_write() {
         let mut b = backend(small_standard());
-        let (path, file) = temp_file("flush_error");
+        let (path, file) = temp_file("caller_order");
         let h = b.register_fd(file.as_raw_fd()).unwrap();
-        append(&mut b, h, b"abc");
-        drain(&mut b);
-        // As collect() records a background flush that failed.
-        b.file_at(h.slot).flush_error = Some(-i64::from(libc::EIO));
-        let first = b.submit_datasync(h).unwrap();
-        assert_eq!(drain(&mut b), vec![(first, -i64::from(libc::EIO))]);
-        let second = b.submit_datasync(h).unwrap();
-        assert_eq!(drain(&mut b), vec![(second, 0)]);
-        std::fs::remove_file(path).unwrap();
-    }
-
-    #[test]
-    fn a_datasync_waits_for_a_background_flush_in_flight_and_none_starts_beside_it() {
-        let mut b = backend(IoUringConfig {
-            background_flush_bytes: 8192,
-            ..small_standard()
-        });
-        let (path, file) = temp_file("flush_order");
-        let h = b.register_fd(file.as_raw_fd()).unwrap();
-        for _ in 0..3 {
-            append(&mut b, h, &[7; 4096]);
-        }
-        // Reap the writes only: their completion starts a flush, still in the ring.
-        b.flush().unwrap();
-        while !b.file_at(h.slot).writes_in_flight.is_empty() {
-            b.manager.wait_for_cqe(None).unwrap();
-            b.collect();
-        }
+        b.submit_write(h, &[1; 100], 0).unwrap();
+        // Not contiguous with the first: the first goes to the ring, this one opens a batch.
+        b.submit_write(h, &[2; 100], 0).unwrap();
         assert!(
-            b.file_at(h.slot).flush_in_flight,
-            "12 KiB completed: a flush is due"
+            !b.write_batches_in_caller(true),
+            "the first write is still in flight: a pwrite now could land before it"
         );
-        let sync = b.submit_datasync(h).unwrap();
-        assert_eq!(
-            b.held_syncs, 1,
-            "a datasync must not run beside a background flush"
-        );
-        while b.file_at(h.slot).flush_in_flight {
-            b.manager.wait_for_cqe(None).unwrap();
-            b.collect();
-        }
-        b.issue_released_syncs(false); // the datasync goes to the ring
-        b.manager.flush().unwrap();
-        // 16 KiB more complete while it is there (an fdatasync takes far longer than a
-        // page-cache write): none of it may start a flush beside the datasync.
-        for _ in 0..4 {
-            append(&mut b, h, &[8; 4096]);
-        }
-        b.flush().unwrap();
-        let mut out = Vec::new();
-        while !b.file_at(h.slot).writes_in_flight.is_empty() {
-            b.manager.wait_for_cqe(None).unwrap();
-            b.collect();
-            if b.file_at(h.slot).syncs_pending > 0 {
-                assert_eq!(
-                    b.metrics().background_flushes,
-                    1,
-                    "a flush started beside a pending datasync"
-                );
-            }
-        }
-        while !out.iter().any(|c: &Completion| c.0 == sync) {
-            b.wait(1, None, &mut out).unwrap();
-        }
-        assert!(out.contains(&(sync, 0)));
-        drain(&mut b);
+        assert_eq!(drain(&mut b).len(), 2);
+        let mut got = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut got).unwrap();
+        assert_eq!(got, vec![2; 100]);
         std::fs::remove_file(path).unwrap();
     }
 

@@ -85,6 +85,37 @@ fn reopen_without_append(fd: RawFd, _flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
+/// A descriptor of the file behind `fd` on an open file description of its own, for the
+/// backend's background flushes; `None` where they would serve no purpose or cannot have one.
+///
+/// An fdatasync reports a writeback error once per open file description: it advances that
+/// description's error cursor. Run on a description the caller's own descriptors share, a
+/// flush the caller never asked for would take an error their datasync (or an fsync of
+/// their own) should have reported. On a description of its own it takes only its own copy.
+///
+/// `None` when the file is opened O_SYNC or O_DSYNC (every write is durable already: a
+/// flush would only cost) and when reopening fails (a file the caller may write but not
+/// open again, such as one created read-only): such a file is simply not flushed early.
+#[cfg(target_os = "linux")]
+pub fn descriptor_for_flushes(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: fcntl(F_GETFL) on any integer is defined; a bad one gives EBADF.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 || flags & (libc::O_DSYNC | libc::O_SYNC) != 0 {
+        return None;
+    }
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in it");
+    // The caller's access mode first (it opened the file so), else read-only: fdatasync
+    // needs no write access.
+    [flags & libc::O_ACCMODE, libc::O_RDONLY]
+        .into_iter()
+        .find_map(|mode| {
+            // SAFETY: `path` is a NUL-terminated string that outlives the call.
+            let reopened = unsafe { libc::open(path.as_ptr(), mode | libc::O_CLOEXEC) };
+            // SAFETY: on success `reopened` was just created and nobody else owns it.
+            (reopened >= 0).then(|| unsafe { OwnedFd::from_raw_fd(reopened) })
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +138,46 @@ mod tests {
         // The caller's descriptor still appends.
         (&appending).write_all(b"!").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"01ab456789!");
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn flushes_get_an_open_file_description_of_their_own() {
+        let path =
+            std::env::temp_dir().join(format!("storage_io_rs_{}_flushfd", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let ours = descriptor_for_writes(file.as_raw_fd()).unwrap();
+        let flushes = descriptor_for_flushes(ours.as_raw_fd()).expect("a plain file reopens");
+        // Status flags belong to the description: set on ours, they show on a duplicate of
+        // it (the caller's) and not on the flush descriptor.
+        // SAFETY: fcntl on descriptors owned above.
+        unsafe {
+            let set = libc::fcntl(ours.as_raw_fd(), libc::F_GETFL) | libc::O_NONBLOCK;
+            assert_eq!(libc::fcntl(ours.as_raw_fd(), libc::F_SETFL, set), 0);
+            assert_ne!(
+                libc::fcntl(file.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK,
+                0
+            );
+            assert_eq!(
+                libc::fcntl(flushes.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK,
+                0
+            );
+        }
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_dsync_file_is_not_flushed_in_the_background() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("storage_io_rs_{}_dsync", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(&path)
+            .unwrap();
+        assert!(descriptor_for_flushes(file.as_raw_fd()).is_none());
         std::fs::remove_file(path).unwrap();
     }
 

@@ -142,7 +142,7 @@ pub unsafe fn call(
         // `kwnames` is not NULL, one more per keyword name, all borrowed for the call.
         let instance = unsafe { Borrowed::from_ptr(py, slf) };
         if kwnames.is_null() && nargs == method.arity {
-            let raw = unsafe { std::slice::from_raw_parts(args, nargs) };
+            let raw = unsafe { arguments(args, nargs) };
             return (method.body)(&instance, Args { py, raw });
         }
         let keywords = if kwnames.is_null() {
@@ -155,7 +155,7 @@ pub unsafe fn call(
             )
         };
         let total = nargs + keywords.as_ref().map_or(0, |k| k.len());
-        let values: Vec<Bound<'_, PyAny>> = unsafe { std::slice::from_raw_parts(args, total) }
+        let values: Vec<Bound<'_, PyAny>> = unsafe { arguments(args, total) }
             .iter()
             .map(|&p| unsafe { Borrowed::from_ptr(py, p) }.to_owned())
             .collect();
@@ -177,6 +177,19 @@ pub unsafe fn call(
             std::ptr::null_mut()
         }
     }
+}
+
+/// The `count` argument pointers at `args`, which CPython may pass as NULL when there are
+/// none (PyObject_CallNoArgs, `iter(method, sentinel)`).
+///
+/// # Safety
+/// `args` points at `count` live argument pointers, or `count` is 0.
+unsafe fn arguments<'a>(args: *const *mut ffi::PyObject, count: usize) -> &'a [*mut ffi::PyObject] {
+    if count == 0 {
+        return &[];
+    }
+    // SAFETY: per the contract above.
+    unsafe { std::slice::from_raw_parts(args, count) }
 }
 
 /// The slow path: the PyO3 method, called with a tuple and a dict as usual.

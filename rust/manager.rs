@@ -70,8 +70,10 @@ enum Kind {
         total: usize,
     },
     Sync,
-    /// An fdatasync of a range that the backend issues itself; it has no caller token.
+    /// An fdatasync of a range that the backend issues itself, through its own descriptor
+    /// (not the fixed file); it has no caller token.
     BackgroundFlush {
+        fd: std::os::fd::RawFd,
         offset: u64,
         len: u32,
     },
@@ -383,10 +385,18 @@ fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {
         .user_data(token << PART_BITS)
 }
 
-fn background_flush_entry(file_slot: u32, token: u64, offset: u64, len: u32) -> squeue::Entry {
-    opcode::Fsync::new(types::Fixed(file_slot))
+/// The kernel takes an fsync range as [offset, offset + len] with the end included
+/// (io_uring's IORING_OP_FSYNC hands `offset + len` to vfs_fsync_range as its last byte), so
+/// `len` bytes starting at `offset` are `len - 1` here.
+fn background_flush_entry(
+    fd: std::os::fd::RawFd,
+    token: u64,
+    offset: u64,
+    len: u32,
+) -> squeue::Entry {
+    opcode::Fsync::new(types::Fd(fd))
         .offset(offset)
-        .len(len)
+        .len(len - 1) // callers flush whole pages: len >= 4096
         .flags(types::FsyncFlags::DATASYNC)
         .build()
         .user_data(token << PART_BITS)
@@ -453,17 +463,24 @@ impl RingManager {
         self.after_push();
     }
 
-    /// Queues an fdatasync of `len` bytes of the file at `offset` for the backend's own
-    /// purposes (see `UringBackend::start_flush_if_due`); its completion goes to the backend.
-    pub fn submit_background_flush(&mut self, file_slot: u32, offset: u64, len: u32) {
+    /// Queues an fdatasync of `len` bytes at `offset` through `fd`, a descriptor of the file
+    /// in `file_slot` that the backend keeps for this (see `UringBackend::start_flush_if_due`);
+    /// its completion goes to the backend. `fd` must stay open until then.
+    pub fn submit_background_flush(
+        &mut self,
+        file_slot: u32,
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: u32,
+    ) {
         let token = self.take_token();
-        self.push(background_flush_entry(file_slot, token, offset, len));
+        self.push(background_flush_entry(fd, token, offset, len));
         self.in_flight.insert(
             token,
             Operation {
                 file_slot,
                 tag: 0,
-                kind: Kind::BackgroundFlush { offset, len },
+                kind: Kind::BackgroundFlush { fd, offset, len },
                 submitted_at: Instant::now(),
             },
         );
@@ -622,8 +639,8 @@ impl RingManager {
             // same SQE again from this (live) thread.
             let entry = match &op.kind {
                 Kind::Sync => datasync_entry(op.file_slot, token),
-                Kind::BackgroundFlush { offset, len } => {
-                    background_flush_entry(op.file_slot, token, *offset, *len)
+                Kind::BackgroundFlush { fd, offset, len } => {
+                    background_flush_entry(*fd, token, *offset, *len)
                 }
                 Kind::Write { parts, .. } => {
                     part_entry(&self.pool, op.file_slot, token, index, &parts[index])

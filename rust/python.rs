@@ -635,10 +635,16 @@ mod uring {
         ) -> CallResult<R> {
             self.check_not_inherited()?;
             loop {
-                if let Ok(mut guard) = self.backend.try_lock() {
-                    return f(guard.as_mut().ok_or(CallError::Closed)?);
-                }
-                py.detach(|| drop(self.lock()));
+                let mut guard = match self.backend.try_lock() {
+                    Ok(guard) => guard,
+                    // Poisoned by an earlier panic: keep serving, as `lock` does.
+                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        py.detach(|| drop(self.lock()));
+                        continue;
+                    }
+                };
+                return f(guard.as_mut().ok_or(CallError::Closed)?);
             }
         }
 

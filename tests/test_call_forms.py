@@ -64,3 +64,10 @@ def test_unknown_keyword_raises_type_error(io, tmp_path):
 def test_parameter_names_are_the_interface_s(io, method):
     declared = list(inspect.signature(getattr(StorageIo, method)).parameters)[1:]  # no self
     assert list(inspect.signature(getattr(io, method)).parameters) == declared
+
+
+def test_a_call_with_no_arguments_at_all_raises_type_error(io):
+    # iter(callable, sentinel) calls it through CPython's no-argument path, which passes
+    # no argument array at all.
+    with pytest.raises(TypeError):
+        next(iter(io.submit_datasync, None))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -263,8 +264,9 @@ def test_datasync_on_thin_storage_completes_with_enospc(make_io, backend_kind):
 
 def test_background_flush_does_not_hide_the_error_from_datasync(make_io, backend_kind):
     """The io_uring backend flushes long runs of writes in the background itself
-    (background_flush_bytes), with fdatasyncs of its own; those take the writeback error
-    the kernel records for the file. The caller's datasync must still report it."""
+    (background_flush_bytes), with fdatasyncs of its own. Here those flushes meet the
+    writeback errors (appends on exhausted thin storage); the caller's datasync must still
+    report one."""
     with small_filesystem("thin") as root:
         io = make_io(buffer_size=65536, buffer_count=16, background_flush_bytes=65536)
         log = register_path(io, root / "log")
@@ -278,3 +280,75 @@ def test_background_flush_does_not_hide_the_error_from_datasync(make_io, backend
         # The loop device reports the full store as ENOSPC or, for some requests, EIO.
         assert sync.result in (-errno.ENOSPC, -errno.EIO), f"datasync after failed flush: {sync}"
         assert not sync.ok
+
+
+@contextlib.contextmanager
+def _log_that_cannot_be_written_back() -> Iterator[Path]:
+    """A 4 MiB file whose overwrites succeed in the page cache and fail only in writeback,
+    with no metadata left to write: ext4 without a journal on a loop image in a tmpfs; the
+    file's first MiB is punched out of the image and the tmpfs filled, after the file was
+    written and synced (blocks allocated, metadata clean)."""
+    _require_mount()
+    for tool in ("mkfs.ext4", "filefrag", "fallocate"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on this machine")
+    base = Path(tempfile.mkdtemp(prefix="storage_io_fs_"))
+    try:
+        backing, root = base / "backing", base / "mnt"
+        backing.mkdir()
+        root.mkdir()
+        with _mounted("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", target=backing):
+            image = backing / "img"
+            with open(image, "wb") as f:
+                f.truncate(16 * 1024 * 1024)
+            _run("mkfs.ext4", "-q", "-F", "-b", "4096", "-O", "^has_journal", str(image))
+            with _mounted("mount", "-o", "loop", str(image), target=root):
+                log = root / "log"
+                with open(log, "wb") as f:
+                    f.write(pattern(4 * 1024 * 1024, seed=11))
+                    f.flush()
+                    os.fsync(f.fileno())
+                extents = subprocess.run(
+                    ["filefrag", "-v", str(log)], capture_output=True, text=True, check=True
+                ).stdout
+                first_block = int(
+                    re.search(r"^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.", extents, re.M).group(1)
+                )
+                _run(
+                    "fallocate", "-p", "-o", str(first_block * 4096), "-l", str(1 << 20), str(image)
+                )
+                with open(backing / "filler", "wb") as filler:
+                    with contextlib.suppress(OSError):
+                        while True:
+                            filler.write(b"\0" * (1 << 20))
+                            filler.flush()
+                yield log
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("reader", ["own descriptor", "new registration"])
+def test_a_writeback_error_reaches_every_description_of_the_file(make_io, backend_kind, reader):
+    """Writes whose writeback fails, waited for but not datasynced, then deregistered: the
+    error must still reach an fdatasync of the caller's own descriptor, or a datasync
+    through a new registration of it, as it does without storage_io. A background flush
+    (1 MiB here) that took it on the caller's open file description would hide it."""
+    with _log_that_cannot_be_written_back() as path:
+        io = make_io(buffer_size=65536, buffer_count=16)
+        with open(path, "r+b", buffering=0) as f:
+            fd = io.register_fd(f)
+            chunk = pattern(64 * 1024, seed=12)
+            tokens = [io.submit_write(fd, chunk, i * len(chunk)) for i in range(64)]
+            assert_all_ok(wait_all(io, tokens).values())  # the page cache took them
+            if backend_kind != "sync":
+                assert io.metrics()["background_flushes"] > 0, "no background flush ran"
+            io.deregister_fd(fd)
+            if reader == "own descriptor":
+                with pytest.raises(OSError) as info:
+                    os.fdatasync(f.fileno())
+                assert info.value.errno in (errno.ENOSPC, errno.EIO), info.value
+            else:
+                again = io.register_fd(f)
+                sync = wait_all(io, [token := io.submit_datasync(again)])[token]
+                assert sync.result in (-errno.ENOSPC, -errno.EIO), sync
+                io.deregister_fd(again)

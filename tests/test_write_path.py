@@ -44,6 +44,16 @@ def test_background_flush_bytes_zero_starts_none(make_uring_io, tmp_path):
     assert (tmp_path / "f").read_bytes() == b"".join(records)
 
 
+def test_an_o_dsync_file_needs_no_background_flush(make_uring_io, tmp_path):
+    # Every write to it is durable when it completes: a flush would only cost.
+    io = make_uring_io(background_flush_bytes=MIB)
+    fd = register_path(io, tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_DSYNC)
+    records = [pattern(64 * KIB, seed=i) for i in range(48)]  # 3 MiB
+    _append_all(io, fd, records)
+    assert io.metrics()["background_flushes"] == 0
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
 def test_group_commits_need_no_background_flush(make_uring_io, tmp_path):
     # 64 KiB then a datasync, 40 times (2.5 MiB): each datasync flushes what came before
     # it, so there is never a megabyte left for the background.
