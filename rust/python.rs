@@ -68,6 +68,8 @@ fn descriptor_for_writes(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<i32>
     Ok(std::os::fd::IntoRawFd::into_raw_fd(owned))
 }
 
+/// How submissions reach the kernel: STANDARD (an io_uring_enter per batch, at flush, poll
+/// and wait) or SQPOLL (a kernel thread polls the queue; it takes a CPU while it polls).
 #[pyclass(name = "RingMode", module = "storage_io", eq, eq_int, frozen, hash)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PyRingMode {
@@ -103,6 +105,13 @@ impl From<RingMode> for PyRingMode {
     }
 }
 
+/// Settings of one io_uring instance; a field left out (or None) takes its default.
+///
+/// Defaults: ring_entries=256, mode=RingMode.SQPOLL (open_storage_io() without a config
+/// picks the mode for the machine instead), sqpoll_idle_ms=1000, sqpoll_cpu=None,
+/// buffer_size=65536, buffer_count=256, max_files=64, background_flush_bytes=1048576 (0 turns
+/// background flushing off; see the README). A value out of range raises ValueError naming
+/// the field and the allowed range.
 #[pyclass(name = "IoUringConfig", module = "storage_io", frozen, eq)]
 #[derive(Clone, PartialEq)]
 pub struct PyIoUringConfig {
@@ -246,6 +255,8 @@ impl PyIoFd {
     }
 }
 
+/// One finished operation: `token` (what submit_* returned), `result` (bytes written, 0 for
+/// a datasync, or a negative errno), `ok` and `error` (an OSError with that errno, or None).
 #[pyclass(name = "IoCompletion", module = "storage_io", frozen, eq)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PyIoCompletion {
@@ -594,6 +605,8 @@ mod uring {
 
     type CallResult<T> = Result<T, CallError>;
 
+    /// The io_uring backend of the StorageIo interface: every method and guarantee is
+    /// documented on storage_io.StorageIo (help(storage_io.StorageIo)) and in the README.
     #[pyclass(name = "UringStorageIo", module = "storage_io", frozen)]
     pub struct PyUringStorageIo {
         backend: Mutex<Option<UringBackend>>,

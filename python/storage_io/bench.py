@@ -110,7 +110,7 @@ VECTOR_WINDOW = 64
 # completion must end the run with an error, never hang the benchmark).
 DRAIN_TIMEOUT_S = 60.0
 
-# The refusal a submission may meet under load (API.md guarantee 7): wait, then retry.
+# The refusal a submission may meet under load (guarantee 7, README): wait, then retry.
 _BACKPRESSURE = (QueueFullError, BufferExhaustedError)
 
 
@@ -942,10 +942,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="F",
         help="multiply every workload's operation count of docs/workloads.md by F (--scale 1: "
-        "the full counts). Default: the full counts for W1 and W5; W2 at 0.15 (300 batches) and "
-        "W4 at 0.25 (500 round trips), whose time is that of the disk's flushes; W3 at "
-        "0.25 (256 MiB): so that the default run (3 repeats, all 8 implementations, 96 "
-        "runs) stays under two minutes on a 2-core machine even when its flushes are slow",
+        "the full counts). Default: the full counts for W1, W4 and W5; W2 at 0.15 (300 "
+        "batches), whose time is that of the disk's flushes, and W3 at 0.25 (256 MiB): so "
+        "that the default run (3 repeats, all 8 implementations, 96 runs) stays under two "
+        "minutes on a 2-core machine even when its flushes are slow",
     )
     parser.add_argument(
         "--dir",
