@@ -111,7 +111,7 @@ impl From<RingMode> for PyRingMode {
 /// picks the mode for the machine instead), sqpoll_idle_ms=1000, sqpoll_cpu=None,
 /// buffer_size=65536, buffer_count=256, max_files=64, background_flush_bytes=1048576 (0 turns
 /// background flushing off; see the README). A value out of range raises ValueError naming
-/// the field and the allowed range.
+/// the field (and, where one can be given, the allowed range).
 #[pyclass(name = "IoUringConfig", module = "storage_io", frozen, eq)]
 #[derive(Clone, PartialEq)]
 pub struct PyIoUringConfig {
