@@ -999,11 +999,20 @@ mod uring {
     }
 
     /// Declares a method of `PyUringStorageIo` taken over by a METH_FASTCALL function
-    /// (see `fastcall`): `$method` is the definition, `$raw` the C entry point, and `$body`
-    /// receives the instance and the `$arity` positional arguments.
+    /// (see `fastcall`): `$method` is the definition, `$raw` the C entry point. `$call`
+    /// calls the PyO3 method of the same name with the `$arity` positional arguments, so
+    /// both paths run the same code and only the argument passing differs.
     macro_rules! fast_method {
-        ($method:ident, $raw:ident, $name:literal, $arity:literal, $body:expr) => {
-            static $method: FastMethod = FastMethod::new($name, $arity, $body);
+        (
+            $method:ident, $raw:ident, $name:literal, $arity:literal,
+            |$this:ident, $py:ident, $args:ident| $call:expr
+        ) => {
+            static $method: FastMethod = FastMethod::new($name, $arity, |slf, $args| {
+                let $py = slf.py();
+                let $this = slf.cast::<PyUringStorageIo>()?.get();
+                let token: u64 = $call?;
+                Ok(token.into_pyobject($py)?.into_any().unbind())
+            });
 
             unsafe extern "C" fn $raw(
                 slf: *mut ffi::PyObject,
@@ -1017,48 +1026,26 @@ mod uring {
         };
     }
 
-    fn token_object(py: Python<'_>, token: u64) -> PyResult<Py<PyAny>> {
-        Ok(token.into_pyobject(py)?.into_any().unbind())
-    }
-
     fast_method!(
         SUBMIT_WRITE,
         raw_submit_write,
         "submit_write",
         3,
-        |slf, args| {
-            let py = slf.py();
-            let this = slf.cast::<PyUringStorageIo>()?.get();
-            let data = extract_data(&args.get(1)).map(Payload::One);
-            token_object(
-                py,
-                this.submit_payload(py, &args.get(0), data, Some(&args.get(2)))?,
-            )
-        }
+        |this, py, args| this.submit_write(py, &args.get(0), &args.get(1), &args.get(2))
     );
     fast_method!(
         SUBMIT_APPEND,
         raw_submit_append,
         "submit_append",
         2,
-        |slf, args| {
-            let py = slf.py();
-            let this = slf.cast::<PyUringStorageIo>()?.get();
-            let data = extract_data(&args.get(1)).map(Payload::One);
-            token_object(py, this.submit_payload(py, &args.get(0), data, None)?)
-        }
+        |this, py, args| this.submit_append(py, &args.get(0), &args.get(1))
     );
     fast_method!(
         SUBMIT_DATASYNC,
         raw_submit_datasync,
         "submit_datasync",
         1,
-        |slf, args| {
-            let py = slf.py();
-            let this = slf.cast::<PyUringStorageIo>()?.get();
-            let handle = this.handle(py, &args.get(0))?;
-            token_object(py, this.call(py, |b| Ok(b.submit_datasync(handle)?))?)
-        }
+        |this, py, args| this.submit_datasync(py, &args.get(0))
     );
 
     pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {

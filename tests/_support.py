@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from storage_io import BufferExhaustedError, QueueFullError
+from storage_io import BufferExhaustedError, ClosedError, QueueFullError
 
 # Generous: a lost completion must fail the test, not hang the suite.
 DRAIN_DEADLINE_S = 30.0
@@ -109,6 +109,21 @@ def assert_all_ok(completions: Iterable) -> None:
 # STORAGE_IO_STRESS=1 runs the stronger versions of the reliability tests (more operations,
 # cycles and examples); the default run keeps them small enough for CI.
 STRESS = os.environ.get("STORAGE_IO_STRESS") == "1"
+
+
+def calls_not_refused_as_closed(calls: Iterable[Callable[[], Any]]) -> int:
+    """How many of `calls` do not raise ClosedError (return, or raise anything else): in a
+    forked child, every call on an inherited io_uring instance must raise it."""
+    failures = 0
+    for call in calls:
+        try:
+            call()
+        except ClosedError:
+            continue
+        except BaseException:
+            pass
+        failures += 1
+    return failures
 
 
 def scaled(default: int, stress: int) -> int:

@@ -26,7 +26,7 @@ def test_ring_mode_members():
 
 
 def test_keywords_are_kept():
-    cfg = IoUringConfig(
+    fields = dict(
         ring_entries=8,
         mode=RingMode.SQPOLL,
         sqpoll_idle_ms=10,
@@ -35,6 +35,7 @@ def test_keywords_are_kept():
         buffer_count=4,
         background_flush_bytes=0,
     )
+    cfg = IoUringConfig(**fields)
     assert cfg.background_flush_bytes == 0
     assert "background_flush_bytes=0" in repr(cfg)
     assert (cfg.ring_entries, cfg.mode, cfg.sqpoll_idle_ms, cfg.sqpoll_cpu) == (
@@ -44,15 +45,7 @@ def test_keywords_are_kept():
         0,
     )
     assert (cfg.buffer_size, cfg.buffer_count) == (4096, 4)
-    assert cfg == IoUringConfig(
-        ring_entries=8,
-        mode=RingMode.SQPOLL,
-        sqpoll_idle_ms=10,
-        sqpoll_cpu=0,
-        buffer_size=4096,
-        buffer_count=4,
-        background_flush_bytes=0,
-    )
+    assert cfg == IoUringConfig(**fields)
     assert cfg != IoUringConfig()
     standard = IoUringConfig(mode=RingMode.STANDARD)
     assert standard.mode == RingMode.STANDARD

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import os
 
-from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
-from storage_io import ClosedError
+from _support import (
+    assert_all_ok,
+    assert_exactly_once,
+    calls_not_refused_as_closed,
+    drain,
+    pattern,
+    register_path,
+)
 
 
 def run_in_child(fn) -> int:
@@ -52,16 +58,7 @@ def test_child_using_inherited_uring_instance_gets_closed_error(uring_io, tmp_pa
             io.flush,
             lambda: io.register_fd(0),
         ]
-        failures = 0
-        for call in calls:
-            try:
-                call()
-            except ClosedError:
-                continue
-            except BaseException:
-                pass
-            failures += 1
-        return failures
+        return calls_not_refused_as_closed(calls)
 
     failures = run_in_child(child)
     assert failures == 0, f"{failures} calls in the child did not raise ClosedError"

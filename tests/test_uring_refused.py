@@ -16,6 +16,7 @@ is restored in `finally`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,22 @@ def test_seccomp_blocking_io_uring_falls_back_to_sync(tmp_path, blocked):
     assert results["control-small-pool"]["raised"] == "UringUnavailableError"
 
 
+@contextlib.contextmanager
+def unprivileged_workdir() -> Iterator[Path]:
+    """A directory an unprivileged child can write to (pytest's tmp_path is not reachable),
+    removed afterwards; skips where the RLIMIT_MEMLOCK cases cannot run."""
+    if sys.platform != "linux":
+        pytest.skip("RLIMIT_MEMLOCK accounting of registered buffers is Linux's")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user (root ignores RLIMIT_MEMLOCK)")
+    workdir = Path(tempfile.mkdtemp(prefix="storage_io_memlock_"))
+    try:
+        os.chmod(workdir, 0o777)
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.mark.parametrize("limit_kib", [64, 1024])
 def test_low_memlock_limit_refuses_big_buffer_pool(limit_kib):
     """A 16 MiB pool under a 64 KiB or 1 MiB RLIMIT_MEMLOCK.
@@ -243,17 +261,8 @@ def test_low_memlock_limit_refuses_big_buffer_pool(limit_kib):
     1 MiB leaves room for the rings, so there a small pool must work: the refusal of the
     big one is the limit, not io_uring being unusable for this user.
     """
-    if sys.platform != "linux":
-        pytest.skip("RLIMIT_MEMLOCK accounting of registered buffers is Linux's")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to an unprivileged user (root ignores RLIMIT_MEMLOCK)")
-    # A directory the unprivileged child can write to (pytest's tmp_path is not reachable).
-    workdir = Path(tempfile.mkdtemp(prefix="storage_io_memlock_"))
-    try:
-        os.chmod(workdir, 0o777)
+    with unprivileged_workdir() as workdir:
         results = run_child(MEMLOCK_CHILD, workdir, BIG_POOL, limit=limit_kib * 1024)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     # open_storage_io() without a config asks for the default 256 x 64 KiB pool and, when
     # that exceeds the limit, retries with a pool that fits in half of it (when at least 8
     # buffers fit), else falls back to sync naming the limit.
@@ -332,13 +341,7 @@ def test_several_instances_share_the_usual_memlock_limit(tmp_path):
     """Under the usual unprivileged 8 MiB limit, open_storage_io() fits two io_uring
     instances (smaller pools), and closing returns the memory at once: reopening right
     after gets the same pool again, not the sync backend."""
-    if sys.platform != "linux":
-        pytest.skip("RLIMIT_MEMLOCK accounting of registered buffers is Linux's")
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop to an unprivileged user (root ignores RLIMIT_MEMLOCK)")
-    workdir = Path(tempfile.mkdtemp(prefix="storage_io_memlock_"))
-    try:
-        os.chmod(workdir, 0o777)
+    with unprivileged_workdir() as workdir:
         source = f"LIMIT = {8 << 20}\nNOBODY = {NOBODY}\n" + SEVERAL_INSTANCES_CHILD
         proc = subprocess.run(
             [sys.executable, "-c", source],
@@ -347,8 +350,6 @@ def test_several_instances_share_the_usual_memlock_limit(tmp_path):
             timeout=60,
             cwd=workdir,
         )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
     assert results["first"][0] == "uring" and results["second"][0] == "uring", results

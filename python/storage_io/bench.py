@@ -469,6 +469,7 @@ def _backend(run: PreparedRun) -> tuple[Backend, IoFd]:
 
 
 def _collect(run: PreparedRun, completions: list[IoCompletion]) -> int:
+    """Note the failed ones among `completions`; return how many there are."""
     failures = run.failures
     for c in completions:
         if not c.ok:
@@ -550,9 +551,7 @@ def _submit_stream(
 def _reap(run: PreparedRun, count: int) -> int:
     """Wait for `count` completions, note the failed ones; return how many came back.
     Called once per half window, so it costs the per-record loop nothing."""
-    got = _backend(run)[0].wait(count)
-    run.failures.extend(c for c in got if not c.ok)
-    return len(got)
+    return _collect(run, _backend(run)[0].wait(count))
 
 
 def _append_stream_api(run: PreparedRun) -> None:
@@ -624,15 +623,11 @@ def _commit(run: PreparedRun, token: int, pending: int) -> int:
     """Wait until the datasync `token` has completed (the next batch starts only then);
     return how many operations are still pending."""
     wait = _backend(run)[0].wait
-    failures = run.failures
     while True:
         got = wait(pending, DRAIN_TIMEOUT_S)
         if not got:
             raise TimeoutError("a datasync never completed")
-        pending -= len(got)
-        for c in got:
-            if not c.ok:
-                failures.append(c)
+        pending -= _collect(run, got)
         if any(c.token == token for c in got):
             return pending
 
@@ -661,7 +656,6 @@ def _latency_api(run: PreparedRun) -> None:
     submit = io.submit_append
     datasync = io.submit_datasync
     wait = io.wait
-    failures = run.failures
     clock = time.perf_counter_ns
     record = run.latencies_ns.append
     for data in itertools.islice(itertools.cycle(run.pool), run.count):
@@ -673,10 +667,7 @@ def _latency_api(run: PreparedRun) -> None:
             got = wait(outstanding, DRAIN_TIMEOUT_S)
             if not got:
                 raise TimeoutError("an append or datasync never completed")
-            outstanding -= len(got)
-            for c in got:
-                if not c.ok:
-                    failures.append(c)
+            outstanding -= _collect(run, got)
         record(clock() - start)
 
 
