@@ -135,7 +135,7 @@ class StorageMachine(RuleBasedStateMachine):
         self.foreign = SyncStorageIo()
         path = os.path.join(self.dir, "foreign")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self.foreign_handle = self.foreign.register_fd(fd)
+        self.foreign_fd = self.foreign.register_fd(fd)
         os.close(fd)
 
     # -- helpers -------------------------------------------------------------------------
@@ -287,7 +287,7 @@ class StorageMachine(RuleBasedStateMachine):
     def foreign_handle(self, which: str, forged: tuple, source: str) -> None:
         slot, generation_high, generation = forged
         handle: Any = {
-            "other instance": self.foreign_handle,
+            "other instance": self.foreign_fd,
             "forged": IoFd(new_instance_id(), slot, generation or generation_high),
             "not an IoFd": slot,
         }[source]

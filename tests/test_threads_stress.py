@@ -94,6 +94,8 @@ class Worker:
     def run(self, start: threading.Barrier) -> None:
         io, tid, rng = self.io, self.tid, random.Random(self.tid)
         start.wait()
+        method: Any
+        args: tuple[Any, ...]
         for seq in range(self.ops):
             kind = seq % 8
             if kind in (0, 1, 2):

@@ -197,7 +197,7 @@ def assert_refused(results: dict[str, Any], cause_words: tuple[str, ...]) -> Non
     """The checks of the CHECKS script, for a cause that stops every io_uring ring."""
 
     def names_cause(text: str | None) -> bool:
-        return bool(text) and any(w.lower() in text.lower() for w in cause_words)
+        return text is not None and any(w.lower() in text.lower() for w in cause_words)
 
     auto = results["auto"]
     assert_works(auto, "sync")
