@@ -1,5 +1,6 @@
 """Hostile input: whatever a caller passes, the answer is a result or one of the exceptions
-API.md names, never a crash, a hang, a Rust panic or a stray exception type.
+docs/contract.md names ("Public names"), never a crash, a hang, a Rust panic or a stray
+exception type.
 
 Allowed: ValueError, TypeError, OSError and StorageIoError with its subclasses (BadFdError,
 ClosedError, QueueFullError, BufferExhaustedError, UringUnavailableError). pyo3's

@@ -204,7 +204,7 @@ def test_eight_threads_each_with_its_own_instance(make_io, tmp_path):
     assert_slots((tmp_path / "slots").read_bytes(), written)
 
 
-# -- fork while threads keep the instance busy (uring only: API.md guarantee 9) -----------
+# -- fork while threads keep the instance busy (uring only: docs/contract.md guarantee 9) --
 
 
 def child_checks(io: Any, fd: Any, kind: str, directory: str) -> int:

@@ -1,4 +1,4 @@
-"""API.md "Where io_uring is missing", provoked for real in a child process:
+"""docs/contract.md "When io_uring is missing", provoked for real in a child process:
 
 - a seccomp filter (installed with ctypes: PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with a
   hand-written BPF program) makes io_uring_setup (syscall 425 on x86_64 and aarch64) fail

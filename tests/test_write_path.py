@@ -1,5 +1,5 @@
-"""How the io_uring backend moves writes, where API.md leaves it to the implementation and
-docs/performance.md explains why: long runs of writes flushed in the background, and
+"""How the io_uring backend moves writes, where docs/contract.md leaves it to the implementation
+and docs/performance.md explains why: long runs of writes flushed in the background, and
 batches written in the waiting caller's thread. Each test checks the bytes too."""
 
 from __future__ import annotations
