@@ -61,8 +61,8 @@ def _format_figures(row: Row) -> str:
     medians = row.medians()
     parts = []
     for key in row.workload.shown:
-        value = medians[key]
-        text = f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+        value = medians.get(key)  # a body of its own may not give every figure
+        text = "n/a" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
         words = row.workload.label(key).split()
         if lower_is_better(key) and len(words) == 2:  # "p50 312 µs"
             parts.append(f"{words[0]} {text} {words[1]}")
