@@ -270,10 +270,9 @@ def run_child(kind: str, body: str, timeout: float = 60.0, *args: str) -> str:
             timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(
-            f"child process hung (killed after {timeout} s); it printed: "
-            f"{exc.stdout!r} {exc.stderr!r}"
-        )
-    if proc.returncode != 0:
-        pytest.fail(f"child exited with {proc.returncode}: {proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+        hung = f"child process hung (killed after {timeout} s); it printed: {exc.stdout!r}"
+    else:
+        if proc.returncode != 0:
+            pytest.fail(f"child exited with {proc.returncode}: {proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+    pytest.fail(hung)

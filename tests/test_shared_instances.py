@@ -27,7 +27,6 @@ from _support import (
     read_exactly,
     register_path,
     thread_record,
-    wait_for_all,
 )
 
 # Well under a second (the issue measured 1.7 s); loose enough for a loaded 2-core machine.
