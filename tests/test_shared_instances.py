@@ -20,6 +20,7 @@ import pytest
 from _support import (
     LIVENESS_TIMEOUT_S,
     assert_exactly_once,
+    call_with_timeout,
     close_quietly,
     drain,
     parse_thread_records,
@@ -81,10 +82,12 @@ def test_a_sleeping_waiter_holds_up_no_one(io, tmp_path, sleeper, how):
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=sleep_in_the_instance)
+    # Daemons, and the calls measured on a helper thread with a deadline: a backend that
+    # holds the instance while it sleeps fails the test instead of hanging the suite.
+    thread = threading.Thread(target=sleep_in_the_instance, daemon=True)
     thread.start()
     time.sleep(0.3)  # asleep by now
-    fd = register_path(io, tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    fd = call_with_timeout(lambda: register_path(io, tmp_path / "f", os.O_RDWR | os.O_CREAT))
     calls = {
         "submit_append": lambda: io.submit_append(fd, b"a" * 100),
         "submit_write": lambda: io.submit_write(fd, b"w" * 100, 0),
@@ -95,9 +98,13 @@ def test_a_sleeping_waiter_holds_up_no_one(io, tmp_path, sleeper, how):
         "closed": lambda: io.closed,
     }
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(50):
-        for name, call in calls.items():
-            times[name].append(timed(call))
+
+    def measure() -> None:
+        for _ in range(50):
+            for name, call in calls.items():
+                times[name].append(timed(call))
+
+    call_with_timeout(measure, LIVENESS_TIMEOUT_S)
     assert thread.is_alive(), f"the sleeper returned early: {box}"
     slowest = {name: max(t) for name, t in times.items()}
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -177,7 +184,7 @@ def test_threads_each_wait_for_their_own_tokens(io, tmp_path):
         finally:
             close_quietly(r, w)
 
-    threads = [threading.Thread(target=worker, args=(tid,)) for tid in range(THREADS)]
+    threads = [threading.Thread(target=worker, args=(tid,), daemon=True) for tid in range(THREADS)]
     for t in threads:
         t.start()
     for t in threads:

@@ -111,7 +111,7 @@ def test_poll_and_wait_never_take_a_token_being_waited_for(io, tmp_path, stuck_r
         except BaseException as exc:
             box["error"] = exc
 
-    thread = threading.Thread(target=waiter)
+    thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
     time.sleep(0.2)  # the waiter is asleep in wait_for
     others = [io.submit_append(fd, b"other") for _ in range(10)]
@@ -130,11 +130,43 @@ def test_poll_and_wait_never_take_a_token_being_waited_for(io, tmp_path, stuck_r
     assert_exactly_once(seen, others)
 
 
+def test_a_ready_token_being_waited_for_is_not_taken(io, tmp_path, stuck_read):
+    """wait_for([finished, unfinished]): while it sleeps for the second, the first is ready
+    and other threads poll and wait: they must leave it to the waiter."""
+    rfd, w = stuck_read
+    fd = register_path(io, tmp_path / "f")
+    finished = io.submit_append(fd, b"finished")
+    unfinished = io.submit_read(rfd, 2, 0)
+    box: dict = {}
+
+    def waiter() -> None:
+        try:
+            box["got"] = io.wait_for([finished, unfinished], timeout=LIVENESS_TIMEOUT_S)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    seen = []
+    for _ in range(5):
+        seen += io.poll_completions()
+        seen += io.wait(min_complete=1, timeout=0.05)
+    assert thread.is_alive(), box
+    os.write(w, b"ok")
+    thread.join(LIVENESS_TIMEOUT_S)
+    assert seen == [], f"other callers took {[c.token for c in seen]} from a wait_for"
+    assert "error" not in box, box.get("error")
+    assert [c.token for c in box["got"]] == [finished, unfinished]
+
+
 def test_wait_does_not_wait_for_tokens_claimed_by_wait_for(io, stuck_read):
     """A wait() with only claimed operations outstanding has nothing to wait for."""
     rfd, w = stuck_read
     mine = io.submit_read(rfd, 1, 0)
-    thread = threading.Thread(target=lambda: io.wait_for([mine], timeout=LIVENESS_TIMEOUT_S))
+    thread = threading.Thread(
+        target=lambda: io.wait_for([mine], timeout=LIVENESS_TIMEOUT_S), daemon=True
+    )
     thread.start()
     time.sleep(0.2)
     started = time.monotonic()
@@ -186,7 +218,9 @@ def test_a_token_twice_raises_value_error(io, tmp_path):
 def test_a_token_another_wait_for_waits_for_raises_value_error(io, stuck_read):
     rfd, w = stuck_read
     mine = io.submit_read(rfd, 1, 0)
-    thread = threading.Thread(target=lambda: io.wait_for([mine], timeout=LIVENESS_TIMEOUT_S))
+    thread = threading.Thread(
+        target=lambda: io.wait_for([mine], timeout=LIVENESS_TIMEOUT_S), daemon=True
+    )
     thread.start()
     time.sleep(0.2)
     try:
@@ -240,10 +274,10 @@ def test_close_does_not_leave_a_waiter_hanging(make_io):
             except BaseException as exc:
                 box["error"] = exc
 
-        thread = threading.Thread(target=waiter)
+        thread = threading.Thread(target=waiter, daemon=True)
         thread.start()
         time.sleep(0.2)
-        closer = threading.Thread(target=io.close)
+        closer = threading.Thread(target=io.close, daemon=True)
         closer.start()
         time.sleep(0.2)
         os.write(w, b"x")  # lets the read, and so close(), finish
