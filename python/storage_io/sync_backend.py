@@ -382,10 +382,12 @@ class SyncStorageIo(StorageIo):
         "_next_token",
         "_flushed_upto",
         "_ready",
+        "_ready_by_token",
         "_in_flight",
         "_claimed",
         "_waiters",
         "_files",
+        "_streams",
         "_generations",
         "_free_slots",
         "_failed",
@@ -407,15 +409,19 @@ class SyncStorageIo(StorageIo):
         self._instance_id = new_instance_id()
         self._next_token = 1
         self._flushed_upto = 1  # the token counter at the last flush/poll/wait/wait_for
-        # Completed and not handed back, in completion order (a dict: wait_for takes
-        # completions out of the middle).
-        self._ready: dict[int, IoCompletion] = {}
+        # Completed and not handed back, in completion order: the newest in a list (an
+        # append is what the hot path can afford), the older ones indexed by token once a
+        # wait_for() needs to find them (`_index_ready`).
+        self._ready: list[IoCompletion] = []
+        self._ready_by_token: dict[int, IoCompletion] = {}
         self._in_flight: set[int] = set()  # stream operations not completed yet
         self._claimed: set[int] = set()  # tokens some wait_for() is waiting for
         self._waiters = 0  # threads in wait(): inline completions wake them
         # Keyed by the IoFd itself: one hash and compare (owner, slot, generation) both
         # finds the file and rejects handles of other instances or earlier registrations.
+        # Streams apart, so that the submit path of a regular file never asks which it is.
         self._files: dict[IoFd, _RegisteredFile] = {}
+        self._streams: dict[IoFd, _RegisteredFile] = {}
         self._generations: list[int] = []  # per slot; bumped when the slot is freed
         self._free_slots: list[int] = []
         self._failed = 0
@@ -451,11 +457,13 @@ class SyncStorageIo(StorageIo):
         was_open = not self._closed
         self._closed = True
         self._inherited = True
-        self._ready = {}
+        self._ready = []
+        self._ready_by_token = {}
         self._in_flight = set()
         if was_open:
-            records = list(self._files.values())
+            records = [*self._files.values(), *self._streams.values()]
             self._files.clear()
+            self._streams.clear()
             for record in records:
                 try:
                     os.close(record.descriptor)
@@ -491,7 +499,8 @@ class SyncStorageIo(StorageIo):
                 self._generations.append(0)
             handle = IoFd(self._instance_id, slot, self._generations[slot])
             size = status.st_size if stream is None else 0
-            self._files[handle] = _RegisteredFile(descriptor, size, slot, stream)
+            registered = self._files if stream is None else self._streams
+            registered[handle] = _RegisteredFile(descriptor, size, slot, stream)
             return handle
 
     def deregister_fd(self, fd: IoFd) -> None:
@@ -499,7 +508,7 @@ class SyncStorageIo(StorageIo):
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
-            del self._files[fd]
+            del (self._files if record.stream is None else self._streams)[fd]
             self._generations[record.slot] += 1
             self._free_slots.append(record.slot)
             # A regular file has nothing in flight (its operations finished when they were
@@ -517,8 +526,11 @@ class SyncStorageIo(StorageIo):
         return BadFdError(f"{fd!r} is not registered (deregistered or never issued)")
 
     def _lookup(self, fd: object) -> _RegisteredFile:
+        """The registration of `fd`, a regular file or a stream; BadFdError otherwise."""
         try:
             record: _RegisteredFile | None = self._files.get(fd)  # type: ignore[call-overload]
+            if record is None:
+                record = self._streams.get(fd)  # type: ignore[call-overload]
         except TypeError:  # unhashable
             record = None
         if record is None:
@@ -540,15 +552,13 @@ class SyncStorageIo(StorageIo):
             except TypeError:  # unhashable, so not an IoFd
                 record = None
             if record is None:
-                raise self._bad_fd_error(fd)
+                return self._write_to_stream(fd, data, offset)
             if type(data) is bytes:
                 size = len(data)
             else:
                 data, size = _as_bytes_like(data)
             if type(offset) is not int or offset < 0 or offset > _MAX_OFFSET:
                 offset = _as_offset(offset)
-            if record.stream is not None:
-                return self._queue_on_stream(record, _WRITE, bytes(data), size)
             try:
                 result = _pwrite(record.descriptor, data, offset)
                 if result != size:
@@ -561,7 +571,7 @@ class SyncStorageIo(StorageIo):
                 self._bytes_written += result
             else:
                 self._failed += 1
-            self._ready[token] = IoCompletion(token, result)
+            self._ready.append(IoCompletion(token, result))
             if self._waiters:
                 self._cond.notify_all()
             return token
@@ -575,13 +585,11 @@ class SyncStorageIo(StorageIo):
             except TypeError:  # unhashable, so not an IoFd
                 record = None
             if record is None:
-                raise self._bad_fd_error(fd)
+                return self._write_to_stream(fd, data, None)
             if type(data) is bytes:
                 size = len(data)
             else:
                 data, size = _as_bytes_like(data)
-            if record.stream is not None:
-                return self._queue_on_stream(record, _WRITE, bytes(data), size)
             # The range is reserved now, whatever the write's outcome, as the io_uring
             # backend must do before the kernel runs it: both backends leave the same bytes.
             offset = record.append_position
@@ -598,10 +606,19 @@ class SyncStorageIo(StorageIo):
                 self._bytes_written += result
             else:
                 self._failed += 1
-            self._ready[token] = IoCompletion(token, result)
+            self._ready.append(IoCompletion(token, result))
             if self._waiters:
                 self._cond.notify_all()
             return token
+
+    def _write_to_stream(self, fd: object, data: object, offset: object) -> int:
+        """submit_write/submit_append for a handle that is not a regular file's: queue it
+        for the stream's worker, or raise what the regular path would (same order)."""
+        record = self._lookup(fd)
+        data, size = _as_bytes_like(data)
+        if offset is not None:
+            _as_offset(offset)  # checked, then ignored: a stream has no offsets
+        return self._queue_on_stream(record, _WRITE, bytes(data), size)
 
     def submit_writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
         with self._lock:
@@ -671,9 +688,9 @@ class SyncStorageIo(StorageIo):
         token = self._next_token
         self._next_token = token + 1
         if data is None:
-            self._ready[token] = IoCompletion(token, result)
+            self._ready.append(IoCompletion(token, result))
         else:
-            self._ready[token] = IoCompletion(token, result, data)  # type: ignore[call-arg]
+            self._ready.append(IoCompletion(token, result, data))
         if self._waiters:
             self._cond.notify_all()
         return token
@@ -729,7 +746,7 @@ class SyncStorageIo(StorageIo):
                 if kind == _WRITE:
                     stream.queued_bytes -= len(payload)
                 self._in_flight.discard(token)
-                self._ready[token] = self._stream_completion(token, kind, result, data)
+                self._ready.append(self._stream_completion(token, kind, result, data))
                 self._cond.notify_all()
 
     def _stream_completion(self, token: int, kind: int, result: int, data: Any) -> IoCompletion:
@@ -741,7 +758,7 @@ class SyncStorageIo(StorageIo):
             self._bytes_read += result
         if data is None:
             return IoCompletion(token, result)
-        return IoCompletion(token, result, data)  # type: ignore[call-arg]
+        return IoCompletion(token, result, data)
 
     # -- completions ------------------------------------------------------------------
 
@@ -756,17 +773,30 @@ class SyncStorageIo(StorageIo):
             self._flushed_upto = self._next_token
             return submitted
 
+    def _index_ready(self) -> dict[int, IoCompletion]:
+        """Move the newest completions into the by-token index (order kept: the index holds
+        the older ones) and return it."""
+        index = self._ready_by_token
+        if self._ready:
+            for completion in self._ready:
+                index[completion.token] = completion
+            self._ready = []
+        return index
+
     def _take_unclaimed(self) -> list[IoCompletion]:
-        """Hand back every ready completion that no wait_for() is waiting for."""
-        ready = self._ready
-        if not ready:
-            return []
+        """Hand back every ready completion that no wait_for() is waiting for, oldest
+        first."""
+        if not self._claimed:
+            ready = self._ready
+            self._ready = []
+            if self._ready_by_token:
+                ready[:0] = self._ready_by_token.values()
+                self._ready_by_token = {}
+            return ready
         claimed = self._claimed
-        if not claimed:
-            self._ready = {}
-            return list(ready.values())
-        self._ready = {t: c for t, c in ready.items() if t in claimed}
-        return [c for t, c in ready.items() if t not in claimed]
+        index = self._index_ready()
+        self._ready_by_token = {t: c for t, c in index.items() if t in claimed}
+        return [c for t, c in index.items() if t not in claimed]
 
     def poll_completions(self) -> list[IoCompletion]:
         with self._lock:
@@ -789,10 +819,13 @@ class SyncStorageIo(StorageIo):
             try:
                 while True:
                     claimed = self._claimed
-                    ready = self._ready
-                    claimed_ready = sum(1 for t in claimed if t in ready) if claimed else 0
-                    unclaimed_ready = len(ready) - claimed_ready
-                    outstanding = len(ready) + len(self._in_flight) - len(claimed)
+                    if claimed:
+                        index = self._index_ready()
+                        ready = len(index)
+                        unclaimed_ready = ready - sum(1 for t in claimed if t in index)
+                    else:
+                        ready = unclaimed_ready = len(self._ready) + len(self._ready_by_token)
+                    outstanding = ready + len(self._in_flight) - len(claimed)
                     if unclaimed_ready >= min(min_complete, outstanding):
                         return self._take_unclaimed()
                     remaining = _remaining(deadline)
@@ -811,12 +844,13 @@ class SyncStorageIo(StorageIo):
             wanted = _as_tokens(tokens)
             deadline = _deadline(timeout)
             self._flushed_upto = self._next_token
+            index = self._index_ready()
             for token in wanted:
                 if token in self._claimed:
                     raise ValueError(
                         f"token {token} is already being waited for by another wait_for()"
                     )
-                if token not in self._ready and token not in self._in_flight:
+                if token not in index and token not in self._in_flight:
                     raise ValueError(
                         f"token {token} is not outstanding on this instance (never returned "
                         "by submit_*, or already handed back)"
@@ -824,10 +858,10 @@ class SyncStorageIo(StorageIo):
             self._claimed.update(wanted)
             try:
                 while True:
-                    ready = self._ready
-                    missing = sum(1 for t in wanted if t not in ready)
+                    index = self._index_ready()
+                    missing = sum(1 for t in wanted if t not in index)
                     if not missing:
-                        return [ready.pop(t) for t in wanted]
+                        return [index.pop(t) for t in wanted]
                     remaining = _remaining(deadline)
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(
@@ -847,7 +881,7 @@ class SyncStorageIo(StorageIo):
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            return len(self._ready) + len(self._in_flight)
+            return len(self._ready) + len(self._ready_by_token) + len(self._in_flight)
 
     def metrics(self) -> dict[str, int]:
         with self._lock:
@@ -860,8 +894,8 @@ class SyncStorageIo(StorageIo):
                 "failed": self._failed,
                 "bytes_written": self._bytes_written,
                 "bytes_read": self._bytes_read,
-                "pending": len(self._ready) + len(self._in_flight),
-                "registered_files": len(self._files),
+                "pending": len(self._ready) + len(self._ready_by_token) + len(self._in_flight),
+                "registered_files": len(self._files) + len(self._streams),
             }
 
     # -- lifetime ---------------------------------------------------------------------
@@ -875,15 +909,17 @@ class SyncStorageIo(StorageIo):
             self._closed = True
             self._cond.notify_all()  # waiters in wait()/wait_for() give up: closed
             # Stream operations still queued run to completion first (lock released).
-            while any(r.stream is not None and r.stream.running for r in self._files.values()):
+            while any(r.stream is not None and r.stream.running for r in self._streams.values()):
                 self._cond.wait()
-            self._ready = {}
+            self._ready = []
+            self._ready_by_token = {}
             self._in_flight = set()
             self._close_descriptors()
 
     def _close_descriptors(self) -> None:
-        records = list(self._files.values())
+        records = [*self._files.values(), *self._streams.values()]
         self._files.clear()
+        self._streams.clear()
         first_error: OSError | None = None
         for record in records:
             try:
