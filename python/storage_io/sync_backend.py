@@ -709,21 +709,23 @@ class SyncStorageIo(StorageIo):
                 f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
                 "waiting for this descriptor; wait for completions and retry"
             )
-        token = self._next_token
-        self._next_token = token + 1
-        queued.append((token, kind, payload))
-        stream.queued_bytes += size
-        self._in_flight.add(token)
         if not stream.running:
-            stream.running = True
-            # The worker holds this instance until its queue is empty, so a dropped
-            # instance is finalized only once its streams are done: never waited for.
+            # Started first (it waits for the lock we hold), so that a thread that cannot
+            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
+            # holds this instance until its queue is empty, so a dropped instance is
+            # finalized only once its streams are done: never waited for.
             threading.Thread(
                 target=self._run_stream,
                 args=(stream, record.descriptor),
                 name="storage_io-stream",
                 daemon=True,
             ).start()
+            stream.running = True
+        token = self._next_token
+        self._next_token = token + 1
+        queued.append((token, kind, payload))
+        stream.queued_bytes += size
+        self._in_flight.add(token)
         return token
 
     def _run_stream(self, stream: _Stream, descriptor: int) -> None:
