@@ -196,3 +196,23 @@ def test_threads_each_wait_for_their_own_tokens(io, tmp_path):
     for tid, path in files.items():
         records = parse_thread_records(path.read_bytes())
         assert records == [(tid, seq) for seq in range(appended[tid])], f"file {tid} is wrong"
+
+
+def test_a_sleeping_wait_wakes_for_another_threads_completion(io, tmp_path):
+    """wait(min_complete=1) sleeping on a read that cannot finish returns as soon as another
+    thread's submission completes: any completion satisfies it."""
+    token, release = stuck_operation(io, "read of an empty pipe")
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(got=io.wait(1)), daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    fd = register_path(io, tmp_path / "f")
+    other = io.submit_append(fd, b"other")
+    io.flush()
+    thread.join(LIVENESS_TIMEOUT_S / 2)
+    woke = not thread.is_alive()
+    release()
+    thread.join(LIVENESS_TIMEOUT_S)
+    assert woke, "wait() slept on although another thread's operation had completed"
+    assert [c.token for c in box["got"]] == [other]
+    assert_exactly_once(drain(io), [token])
