@@ -154,7 +154,7 @@ def test_threads_each_wait_for_their_own_tokens(io, tmp_path):
                     token = io.submit_append(own, rec)
                     expected[token] = ("result", len(rec))
                     read = io.submit_read(own, len(rec), offset)
-                    expected[read] = ("read", None)  # may race the append: checked below
+                    expected[read] = ("data", rec)  # held behind the append before it
                     offset += len(rec)
                     sent = io.submit_write(pipe_out, rec, 0)
                     got = io.submit_read(pipe_in, len(rec), 0)
