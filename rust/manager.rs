@@ -881,7 +881,7 @@ impl RingManager {
             }
             Kind::Sync => Done::Datasync,
             Kind::Read(read) => {
-                self.private_bytes -= read.private_bytes();
+                self.private_bytes = self.private_bytes.saturating_sub(read.private_bytes());
                 let bytes = read.into_data(&mut self.pool);
                 if finished_result >= 0 {
                     data = Some(bytes);

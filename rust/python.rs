@@ -174,34 +174,42 @@ impl PyIoUringConfig {
         Ok(Self { inner })
     }
 
+    /// Submission queue entries of the ring.
     #[getter]
     fn ring_entries(&self) -> u32 {
         self.inner.ring_entries
     }
+    /// The ring mode asked for: RingMode.STANDARD or RingMode.SQPOLL.
     #[getter]
     fn mode(&self) -> PyRingMode {
         self.inner.mode.into()
     }
+    /// How long the SQPOLL thread polls an idle queue before it sleeps, in milliseconds.
     #[getter]
     fn sqpoll_idle_ms(&self) -> u32 {
         self.inner.sqpoll_idle_ms
     }
+    /// The CPU the SQPOLL thread is pinned to, or None (not pinned).
     #[getter]
     fn sqpoll_cpu(&self) -> Option<u32> {
         self.inner.sqpoll_cpu
     }
+    /// Bytes in each registered buffer (a multiple of 4096).
     #[getter]
     fn buffer_size(&self) -> usize {
         self.inner.buffer_size
     }
+    /// Number of registered buffers in the pool.
     #[getter]
     fn buffer_count(&self) -> usize {
         self.inner.buffer_count
     }
+    /// Slots in the fixed-file table: how many files may be registered at once.
     #[getter]
     fn max_files(&self) -> u32 {
         self.inner.max_files
     }
+    /// Completed bytes of one file after which the backend flushes them in the background (0: never).
     #[getter]
     fn background_flush_bytes(&self) -> usize {
         self.inner.background_flush_bytes
@@ -224,7 +232,9 @@ impl PyIoUringConfig {
     }
 }
 
-/// The opaque handle `register_fd` returns.
+/// The opaque handle `register_fd` returns: the instance it belongs to (`owner`), its slot
+/// in the instance's file table and the slot's generation (so a handle kept after
+/// `deregister_fd` is recognised as stale). Pass it to the submit_* calls as it is.
 #[pyclass(name = "IoFd", module = "storage_io", frozen, eq, hash)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PyIoFd {
@@ -1139,10 +1149,12 @@ mod uring {
             Ok(self.blocking(py, |s| s.close())?)
         }
 
+        /// Returns the instance itself: `with UringStorageIo() as io:` closes it at the end.
         fn __enter__(slf: Py<Self>) -> Py<Self> {
             slf
         }
 
+        /// Closes the instance (see close()); exceptions propagate.
         #[pyo3(signature = (*_args))]
         fn __exit__(
             &self,

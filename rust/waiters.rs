@@ -489,7 +489,7 @@ impl Shared {
             state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.closer = true;
-        let result = self.drain(&mut state);
+        let (mut state, result) = self.drain(state);
         state.closer = false;
         let backend = match result {
             Ok(()) => state.backend.take(),
@@ -502,31 +502,43 @@ impl Shared {
         result
     }
 
-    /// Waits for everything in flight; the caller is `close`, alone with the ring.
-    fn drain(&self, state: &mut MutexGuard<'_, State>) -> Result<(), WaitError> {
+    /// Waits for everything in flight; the caller is `close`, alone with the ring (every
+    /// other call returns `Closed` now). The lock is released while it sleeps.
+    fn drain<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, Result<(), WaitError>) {
         loop {
             let backend = state.backend.as_mut().expect("checked by close");
-            backend.flush()?;
-            backend.collect();
-            backend.send_released();
-            backend.flush()?;
-            if backend.drained() {
-                backend.release_files();
-                return Ok(());
+            let step = (|| -> Result<bool, WaitError> {
+                backend.flush()?;
+                backend.collect();
+                backend.send_released();
+                backend.flush()?;
+                Ok(backend.drained())
+            })();
+            match step {
+                Ok(true) => {
+                    backend.release_files();
+                    return (state, Ok(()));
+                }
+                Ok(false) => {}
+                Err(e) => return (state, Err(e)),
             }
             let ticket = backend.manager_mut().prepare_sleep(1);
+            state.sleeper = Some(ticket.want as usize);
+            drop(state);
             let (unsubmitted, result) = enter_and_wait(ticket, None);
-            state
-                .backend
-                .as_mut()
-                .expect("only close takes it")
-                .manager_mut()
-                .requeue(unsubmitted);
+            state = self.lock();
+            state.sleeper = None;
+            let backend = state.backend.as_mut().expect("only close takes it");
+            backend.manager_mut().requeue(unsubmitted);
             match result {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    return Err(WaitError::Interrupted)
+                    return (state, Err(WaitError::Interrupted))
                 }
-                other => other?,
+                Err(e) => return (state, Err(e.into())),
             }
         }
     }
