@@ -21,6 +21,7 @@ __all__ = [
     "IoFd",
     "IoCompletion",
     "new_instance_id",
+    "descriptor_for_writes",
     "UringStorageIo",
 ]
 
