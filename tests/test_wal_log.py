@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _wal_support import payload_for, replayed, segment_files
-from conftest import build_backend
 
 import storage_io
+from _wal_support import payload_for, replayed, segment_files
+from conftest import build_backend
 from storage_io import ClosedError, StorageIo, Wal, WalError
 from storage_io.wal import WalRecovery
 

@@ -624,9 +624,11 @@ class Wal:
 
     def _wait_durable_locked(self, lsn: int, deadline: float | None) -> bool:
         while self._durable_lsn < lsn:
+            self._request(self._framer.last_lsn)  # may collect the commit in flight
+            if self._durable_lsn >= lsn:
+                break
             if self._poison is not None:
                 raise self._poisoned_error() from self._poison
-            self._request(self._framer.last_lsn)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if self._inflight is not None and not self._leader:
                 self._collect_commit(remaining)
