@@ -310,6 +310,7 @@ class Wal:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closed = False
+        self._closing = False  # close() is waiting for the last commit: no more appends
         self._poison: BaseException | None = None
         self._rotating = False
         # Any of the three: appends take the slow path that says which.
@@ -329,14 +330,14 @@ class Wal:
         records = sum(row[3] for row in rows)
         self.recovery = WalRecovery(records, len(rows), truncated)
         if not rows:
-            self._framer = WalFramer(self._segment_bytes, next_first)
+            self._framer = WalFramer(self._segment_bytes, next_first, HANDOFF_BYTES)
             self._durable_lsn = next_first - 1
             self._requested_lsn = self._durable_lsn
             self._create_segment(next_first)
             return
         _path, first_lsn, salt, count, end, _length = rows[-1]
         last_lsn = first_lsn + count - 1
-        self._framer = WalFramer(self._segment_bytes, last_lsn + 1)
+        self._framer = WalFramer(self._segment_bytes, last_lsn + 1, HANDOFF_BYTES)
         self._framer.start_segment(first_lsn, salt, end, count)
         self._fd = self._register(self._segments[-1].path, create=False)
         # After a process crash the recovered records may sit in the page cache only: they
@@ -413,16 +414,29 @@ class Wal:
         failed write, `ClosedError` after `close()`, `TypeError` for a payload that is not
         bytes-like, `ValueError` for one over 4 GiB - 1.
         """
+        # The common case takes no lock of ours: the native framer numbers and frames the
+        # record atomically (under the GIL), or declines it (0) when the log is closed,
+        # poisoned, rotating or busy, or the payload is not `bytes`; negative means framed,
+        # with a megabyte of framed bytes to hand to the io.
+        lsn: int = self._framer.append(payload)
+        if lsn > 0:
+            return lsn
+        return self._append_slowly(payload, lsn)
+
+    def _append_slowly(self, payload: Buffer, lsn: int) -> int:
         with self._lock:
+            if lsn < 0:
+                self._hand_off(self._chunk_tokens)
+                return -lsn
             if self._stopped:
                 self._wait_until_appendable()
-            lsn: int = self._framer.append(payload)
+            lsn = self._framer.append_locked(payload)
             if not lsn:
                 self._start_next_segment()
-                lsn = self._framer.append(payload)
-            if self._framer.pending_len >= HANDOFF_BYTES:
+                lsn = self._framer.append_locked(payload)
+            if lsn < 0:
                 self._hand_off(self._chunk_tokens)
-            return lsn
+            return abs(lsn)
 
     def append_many(self, payloads: Iterable[Buffer]) -> int:
         """Append every record of `payloads` (consecutive LSNs, no other thread's record
@@ -435,15 +449,20 @@ class Wal:
             if self._stopped:
                 self._wait_until_appendable()
             records = iter(payloads)
-            while True:
-                last, leftover, exhausted = self._framer.append_many(records, HANDOFF_BYTES)
-                if leftover is not None:
-                    self._start_next_segment()
-                    last = self._framer.append(leftover)
-                if self._framer.pending_len >= HANDOFF_BYTES:
-                    self._hand_off(self._chunk_tokens)
-                if exhausted:
-                    return last
+            self._framer.blocked = True  # no other thread's record in between
+            try:
+                while True:
+                    last, leftover, exhausted = self._framer.append_many(records)
+                    if leftover is not None:
+                        self._start_next_segment()
+                        self._framer.blocked = True
+                        last = abs(self._framer.append_locked(leftover))
+                    if self._framer.pending_len >= HANDOFF_BYTES:
+                        self._hand_off(self._chunk_tokens)
+                    if exhausted:
+                        return last
+            finally:
+                self._update_stopped()
 
     def _wait_until_appendable(self) -> None:
         while True:
@@ -453,7 +472,7 @@ class Wal:
             self._changed.wait()
 
     def _raise_if_unusable(self) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             raise ClosedError("this Wal is closed")
         if self._poison is not None:
             raise self._poisoned_error() from self._poison
@@ -471,7 +490,8 @@ class Wal:
         self._changed.notify_all()
 
     def _update_stopped(self) -> None:
-        self._stopped = self._closed or self._rotating or self._poison is not None
+        self._stopped = self._closed or self._closing or self._rotating or self._poison is not None
+        self._framer.blocked = self._stopped
 
     def _start_next_segment(self) -> None:
         """Makes the current segment durable, then creates the next. Other appends wait
@@ -685,10 +705,7 @@ class Wal:
     @property
     def last_lsn(self) -> int:
         """The last LSN handed out (0 for an empty log)."""
-        # Under the lock: append_many may be inside the framer, running the caller's
-        # iterator, when another thread asks.
-        with self._lock:
-            return self._framer.last_lsn  # type: ignore[no-any-return]
+        return self._framer.last_lsn  # type: ignore[no-any-return]
 
     @property
     def first_lsn(self) -> int:
@@ -772,6 +789,8 @@ class Wal:
                 return
             while self._rotating:
                 self._changed.wait()
+            self._closing = True
+            self._update_stopped()  # from here on no record can join the last commit
             try:
                 if self._poison is None:
                     self._wait_durable_locked(self._framer.last_lsn, None)
