@@ -88,7 +88,7 @@ def open_io(name: str) -> StorageIo:
     if name == "wal-sync":
         return SyncStorageIo()
     mode = RingMode.SQPOLL if name == "wal-uring-sqpoll" else RingMode.STANDARD
-    return UringStorageIo(config=IoUringConfig(mode=mode))  # type: ignore[return-value]
+    return UringStorageIo(config=IoUringConfig(mode=mode))  # type: ignore[abstract]
 
 
 @dataclass
