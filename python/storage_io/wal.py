@@ -81,6 +81,10 @@ MIN_SEGMENT_BYTES = 64
 # Framed bytes handed to the StorageIo as appends go, without waiting: large enough that a
 # write costs the kernel little per byte, small enough that the disk starts early.
 HANDOFF_BYTES = 1 << 20
+# How long a commit may wait for the threads the previous one released to ask again
+# (see Wal._holding): a fraction of an fdatasync (~0.3-1 ms here), several times the time a
+# thread takes to wake, append and sync.
+GROUP_HOLD_S = 0.0003
 SEGMENT_SUFFIX = ".wal"
 SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
 LOCK_NAME = "LOCK"
@@ -226,7 +230,8 @@ def _wait_for_without_api(
                 return [kept.pop(t) for t in tokens]
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError("the operations did not complete in time")
-        step = 0.005 if deadline is None else max(0.0, min(0.005, deadline - time.monotonic()))
+        # One second (not less) lets the io_uring backend do the datasync in this thread.
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
         reaped = io.wait(min_complete=1, timeout=step)
         with _reaped_lock:
             kept = _reaped.setdefault(id(io), {})
@@ -247,6 +252,7 @@ class Wal:
 
     io: StorageIo
     """The `StorageIo` the log writes through (its own unless one was passed to `open`)."""
+    _fd: IoFd | None
 
     def __init__(self) -> None:
         raise TypeError("use Wal.open(directory, ...) to open or create a log")
@@ -287,12 +293,15 @@ class Wal:
                 _fsync_directory(path.parent)
         lock_fd = _lock_directory(path)
         owns_io = io is None
+        wal = cls.__new__(cls)
+        wal._fd = None
         try:
             if io is None:
                 io = open_storage_io()
-            wal = cls.__new__(cls)
             wal._setup(path, io, owns_io, lock_fd, segment_bytes)
         except BaseException:
+            if wal._fd is not None and io is not None and not io.closed:
+                io.deregister_fd(wal._fd)  # leave nothing registered in an io the caller keeps
             os.close(lock_fd)
             if owns_io and io is not None:
                 io.close()
@@ -319,7 +328,11 @@ class Wal:
         self._inflight: tuple[list[int], int] | None = None  # (tokens, LSN it covers)
         self._leader = False
         self._commits_completed = 0
-        self._fd: IoFd | None = None
+        # Group commit (see _holding): LSNs threads wait for, and the hold after a commit.
+        self._waiting_lsns: list[int] = []
+        self._hold_expected = 0
+        self._hold_rejoined = 0
+        self._hold_until = 0.0
         self._recover()
 
     def _recover(self) -> None:
@@ -553,16 +566,42 @@ class Wal:
             self._request(last)
             return last
 
-    def _request(self, lsn: int) -> None:
-        """A commit covering `lsn` is wanted: start it now unless one is in flight."""
+    def _request(self, lsn: int, *, may_hold: bool = False, rejoining: bool = False) -> None:
+        """A commit covering `lsn` is wanted: start it now unless one is in flight, or
+        (`may_hold`: the caller will wait for it) while the group-commit hold lasts."""
         if lsn <= self._durable_lsn:
             return
         if lsn > self._requested_lsn:
             self._requested_lsn = lsn
         if self._inflight is not None and not self._leader:
             self._collect_commit(0)
+            if lsn <= self._durable_lsn:
+                return  # the commit just collected covered it
         if self._inflight is None and self._poison is None:
+            if may_hold and self._holding(rejoining):
+                return
             self._start_commit()
+
+    def _holding(self, rejoining: bool) -> bool:
+        """Whether the next commit should wait for the threads the last one released.
+
+        When a commit releases several waiting threads, each of them usually appends its
+        next record and syncs at once (a thread per client, a record per request). Started
+        right away, the next commit would carry only the first of them, and the rest would
+        wait for it to finish before theirs starts: the threads split into two cohorts
+        taking turns, half the records per fdatasync. So the next commit waits until they
+        have all asked again, or `GROUP_HOLD_S` has passed, whichever comes first. Only
+        callers that then wait for the commit hold it (`sync`, `wait_durable`); `commit()`
+        and `poll()` never do.
+        """
+        if not self._hold_expected:
+            return False
+        if rejoining:
+            self._hold_rejoined += 1
+        if self._hold_rejoined >= self._hold_expected or time.monotonic() >= self._hold_until:
+            self._hold_expected = 0
+            return False
+        return True
 
     def _start_commit(self) -> None:
         """One write of the framed bytes not yet written, one fdatasync; not waited for."""
@@ -614,7 +653,15 @@ class Wal:
                 return True
         self._durable_lsn = max(self._durable_lsn, covers)
         self._commits_completed += 1
-        if self._requested_lsn > self._durable_lsn and self._poison is None:
+        released = sum(1 for waiting in self._waiting_lsns if waiting <= covers)
+        if released >= 2:
+            self._hold_expected, self._hold_rejoined = released, 0
+            self._hold_until = time.monotonic() + GROUP_HOLD_S
+        # A commit asked for and not held by a waiter (who starts it when the hold ends)
+        # starts now: a plain commit() must not depend on anyone calling again.
+        still_waiting = len(self._waiting_lsns) > released
+        held = released >= 2 and still_waiting
+        if self._requested_lsn > self._durable_lsn and self._poison is None and not held:
             try:
                 self._start_commit()
             except WalPoisonedError:
@@ -643,8 +690,15 @@ class Wal:
             return self._wait_durable_locked(lsn, deadline)
 
     def _wait_durable_locked(self, lsn: int, deadline: float | None) -> bool:
+        self._waiting_lsns.append(lsn)
+        try:
+            return self._wait_durable_loop(lsn, deadline)
+        finally:
+            self._waiting_lsns.remove(lsn)
+
+    def _wait_durable_loop(self, lsn: int, deadline: float | None) -> bool:
         while self._durable_lsn < lsn:
-            self._request(self._framer.last_lsn)  # may collect the commit in flight
+            self._request(self._framer.last_lsn, may_hold=True)  # may collect the one in flight
             if self._durable_lsn >= lsn:
                 break
             if self._poison is not None:
@@ -653,6 +707,9 @@ class Wal:
             if self._inflight is not None and not self._leader:
                 self._collect_commit(remaining)
             elif remaining != 0:
+                if self._inflight is None:  # held: wake up when the hold ends
+                    held = max(0.0, self._hold_until - time.monotonic())
+                    remaining = held if remaining is None else min(remaining, held)
                 self._changed.wait(remaining)
             if self._durable_lsn >= lsn:
                 break
@@ -664,9 +721,12 @@ class Wal:
 
     def sync(self) -> int:
         """`commit()`, then `wait_durable()` for it; return the LSN now durable."""
-        lsn = self.commit()
-        self.wait_durable(lsn)
-        return lsn
+        with self._lock:
+            self._raise_if_unusable()
+            lsn: int = self._framer.last_lsn
+            self._request(lsn, may_hold=True, rejoining=True)
+            self._wait_durable_locked(lsn, None)
+            return lsn
 
     def poll(self) -> int:
         """Advance the log without blocking; return `durable_lsn`.
@@ -685,7 +745,7 @@ class Wal:
                 raise ClosedError("this Wal is closed")
             if self._inflight is not None and not self._leader:
                 self._collect_commit(0)
-            elif (
+            if (
                 self._inflight is None
                 and self._poison is None
                 and self._requested_lsn > self._durable_lsn
