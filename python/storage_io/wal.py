@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import math
 import operator
 import os
@@ -322,7 +323,7 @@ class Wal:
         self._closing = False  # close() is waiting for the last commit: no more appends
         self._poison: BaseException | None = None
         self._rotating = False
-        # Any of the three: appends take the slow path that says which.
+        # Closed, closing, rotating or poisoned: appends take the slow path that says which.
         self._stopped = False
         self._chunk_tokens: list[int] = []  # handed-off writes not yet part of a commit
         self._inflight: tuple[list[int], int] | None = None  # (tokens, LSN it covers)
@@ -808,7 +809,8 @@ class Wal:
             ]
             if start > until:
                 wanted = []
-            return WalReplay(wanted, start, until)  # type: ignore[no-any-return]
+            # The native reader hands out records in batches (lists); flattened in C.
+            return itertools.chain.from_iterable(WalReplay(wanted, start, until))
 
     def truncate_before(self, lsn: int) -> None:
         """Delete the segment files whose records all have LSNs below `lsn`; never a record

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyMemoryView, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple};
 
 use super::format::{SegmentHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
 use super::framer::{Framed, Framer};
@@ -274,12 +274,24 @@ fn recover_segments<'py>(
     Ok((rows, torn))
 }
 
-/// An iterator of (LSN, payload) over `segments` ((path, first LSN) in order), from
-/// `from_lsn` to `until_lsn` inclusive, every record checked. The files are opened here.
+/// Batches of records over `segments` ((path, first LSN) in order), from `from_lsn` to
+/// `until_lsn` inclusive, every record checked: an iterator of lists of (LSN, payload),
+/// which `Wal.replay` flattens with `itertools.chain.from_iterable`. The files are opened
+/// here.
+///
+/// Batches, not one record per `__next__`: the call into the extension cost about as much
+/// as the record itself (measured: 256-byte records at ~370 ns each one by one); a list
+/// iterated in C costs ~20 ns an item. A batch stops at a failed check, which the next
+/// call raises, so every good record before it is still yielded first.
 #[pyclass(module = "storage_io._native")]
 pub struct WalReplay {
     inner: Replay,
+    failed: Option<RecoverError>,
 }
+
+/// Records per batch, and payload bytes per batch (whichever is reached first).
+const BATCH_RECORDS: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
 
 #[pymethods]
 impl WalReplay {
@@ -293,24 +305,49 @@ impl WalReplay {
         let inner = py
             .detach(|| Replay::open(&segments, from_lsn, until_lsn))
             .map_err(PyErr::from)?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            failed: None,
+        })
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }
 
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
-        if self.inner.wants_segment() {
-            // A whole segment is read here: without the GIL.
-            let inner = &mut self.inner;
-            py.detach(|| inner.load_next_segment())
-                .map_err(|e| into_py_error(py, e))?;
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        if let Some(error) = self.failed.take() {
+            return Err(into_py_error(py, error));
         }
-        match self.inner.next_record() {
-            Ok(Some((lsn, payload))) => Ok(Some((lsn, PyBytes::new(py, payload)))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(into_py_error(py, e)),
+        let batch = PyList::empty(py);
+        let mut bytes = 0;
+        while batch.len() < BATCH_RECORDS && bytes < BATCH_BYTES {
+            if self.inner.wants_segment() {
+                // Mapping a segment (and faulting it in) happens without the GIL.
+                let inner = &mut self.inner;
+                if let Err(error) = py.detach(|| inner.load_next_segment()) {
+                    self.failed = Some(error);
+                    break;
+                }
+            }
+            match self.inner.next_record() {
+                Ok(Some((lsn, payload))) => {
+                    bytes += payload.len();
+                    batch.append((lsn, PyBytes::new(py, payload)))?;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    self.failed = Some(error);
+                    break;
+                }
+            }
         }
+        if batch.is_empty() {
+            return match self.failed.take() {
+                Some(error) => Err(into_py_error(py, error)),
+                None => Ok(None),
+            };
+        }
+        Ok(Some(batch))
     }
 }
