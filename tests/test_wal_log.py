@@ -334,3 +334,15 @@ def test_poll_advances_the_durable_lsn_without_blocking(make_io, log_dir):
             time.sleep(0.001)
         assert wal.durable_lsn == lsn
         assert wal.poll() == lsn
+
+
+def test_durable_lsn_advances_after_commit_without_another_call(make_io, log_dir):
+    import time
+
+    with Wal.open(log_dir, io=make_io()) as wal:
+        lsn = wal.append(b"committed, never waited for")
+        wal.commit()
+        deadline = time.monotonic() + 10
+        while wal.durable_lsn < lsn:
+            assert time.monotonic() < deadline, "durable_lsn never moved after commit()"
+            time.sleep(0.001)

@@ -760,7 +760,19 @@ class Wal:
 
     @property
     def durable_lsn(self) -> int:
-        """Every record up to this LSN is on disk and survives a crash or power loss."""
+        """Every record up to this LSN is on disk and survives a crash or power loss.
+
+        Reading it also collects a commit that has completed, if no thread is waiting for
+        it (without blocking), so that ``commit()`` followed by reading `durable_lsn` sees
+        the log advance."""
+        if self._inflight is not None and not self._leader and self._lock.acquire(False):
+            try:
+                if self._inflight is not None and not self._leader and not self._closed:
+                    self._collect_commit(0)
+            except WalPoisonedError:
+                pass  # recorded; the calls that must fail will raise it
+            finally:
+                self._lock.release()
         return self._durable_lsn
 
     @property
