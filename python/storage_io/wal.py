@@ -605,19 +605,34 @@ class Wal:
         return True
 
     def _start_commit(self) -> None:
-        """One write of the framed bytes not yet written, one fdatasync; not waited for."""
-        assert self._fd is not None
+        """One write of the framed bytes not yet written, one fdatasync; not waited for.
+
+        The datasync is submitted without the lock: on the sync backend the submission is
+        the fdatasync itself, and the records appended meanwhile then make the next
+        commit's group. Until it is submitted the commit counts as led (`_leader`), so
+        nobody collects it with its datasync missing. Callers re-check the state after."""
+        fd = self._fd
+        assert fd is not None
         covers = self._framer.last_lsn
         tokens = self._chunk_tokens
         self._chunk_tokens = []
         self._inflight = (tokens, covers)  # even if the submission below fails: collected
         self._hand_off(tokens)
+        failure: Exception | None = None
+        self._leader = True
+        self._lock.release()
         try:
-            tokens.append(self.io.submit_datasync(self._fd))
+            tokens.append(self.io.submit_datasync(fd))
             self.io.flush()
         except Exception as exc:
-            self._poison_with(exc)
-            raise self._poisoned_error() from exc
+            failure = exc
+        finally:
+            self._lock.acquire()
+            self._leader = False
+            self._changed.notify_all()
+        if failure is not None:
+            self._poison_with(failure)
+            raise self._poisoned_error() from failure
 
     def _collect_commit(self, timeout: float | None) -> bool:
         """Waits up to `timeout` for the commit in flight, as the leader, without holding
