@@ -113,6 +113,21 @@ def test_read_after_a_completed_write_through_the_instance(io, tmp_path):
     assert c.data == data
 
 
+def test_read_sees_the_writes_submitted_before_it_without_waiting(make_io, tmp_path):
+    # Held behind them like a datasync: appends gathered in a registered buffer, writes
+    # larger than the pool, an overwrite in the middle.
+    io = make_io(buffer_size=4096, buffer_count=8)
+    fd = register_path(io, tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    small, large = pattern(1000, seed=1), pattern(100_000, seed=2)
+    tokens = [io.submit_append(fd, small), io.submit_append(fd, large)]
+    tokens.append(io.submit_write(fd, b"MIDDLE", 50_000))
+    tokens.append(io.submit_read(fd, 200_000, 0))
+    got = wait_for_all(io, tokens)
+    expected = bytearray(small + large)
+    expected[50_000:50_006] = b"MIDDLE"
+    assert got[3].data == bytes(expected)
+
+
 def test_read_only_descriptor_reads_and_refuses_writes(io, tmp_path):
     path = tmp_path / "ro"
     path.write_bytes(b"read me")

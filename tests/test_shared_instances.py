@@ -154,7 +154,7 @@ def test_threads_each_wait_for_their_own_tokens(io, tmp_path):
                     token = io.submit_append(own, rec)
                     expected[token] = ("result", len(rec))
                     read = io.submit_read(own, len(rec), offset)
-                    expected[read] = ("read", None)  # may race the append: checked below
+                    expected[read] = ("data", rec)  # held behind the append before it
                     offset += len(rec)
                     sent = io.submit_write(pipe_out, rec, 0)
                     got = io.submit_read(pipe_in, len(rec), 0)
@@ -196,3 +196,85 @@ def test_threads_each_wait_for_their_own_tokens(io, tmp_path):
     for tid, path in files.items():
         records = parse_thread_records(path.read_bytes())
         assert records == [(tid, seq) for seq in range(appended[tid])], f"file {tid} is wrong"
+
+
+def test_a_sleeping_wait_wakes_for_another_threads_completion(io, tmp_path):
+    """wait(min_complete=1) sleeping on a read that cannot finish returns as soon as another
+    thread's submission completes: any completion satisfies it."""
+    token, release = stuck_operation(io, "read of an empty pipe")
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(got=io.wait(1)), daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    fd = register_path(io, tmp_path / "f")
+    other = io.submit_append(fd, b"other")
+    io.flush()
+    thread.join(LIVENESS_TIMEOUT_S / 2)
+    woke = not thread.is_alive()
+    release()
+    thread.join(LIVENESS_TIMEOUT_S)
+    assert woke, "wait() slept on although another thread's operation had completed"
+    assert [c.token for c in box["got"]] == [other]
+    assert_exactly_once(drain(io), [token])
+
+
+DIRTY = 128 << 20  # dirty pages for the datasync to write: a few hundred ms on a disk
+
+
+def test_a_long_datasync_holds_up_no_one(io, tmp_path):
+    """One thread's datasync of a file with much unwritten data (the sync backend runs it in
+    that thread, io_uring's wait may too) does not hold up another thread's calls."""
+    path = tmp_path / "dirty"
+    own = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        block = os.urandom(1 << 20)
+        for i in range(DIRTY >> 20):
+            os.pwrite(own, block, i << 20)  # written by the caller: only the datasync is left
+        handle = io.register_fd(own)
+    finally:
+        os.close(own)
+    box: dict = {}
+
+    def sync() -> None:
+        started = time.perf_counter()
+        try:
+            box["got"] = io.wait_for([io.submit_datasync(handle)])
+        except BaseException as exc:
+            box["error"] = exc
+        box["took"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=sync, daemon=True)
+    other = register_path(io, tmp_path / "other", os.O_RDWR | os.O_CREAT)
+    calls = {
+        "submit_append": lambda: io.submit_append(other, b"a" * 100),
+        "submit_read": lambda: io.submit_read(other, 100, 0),
+        "flush": io.flush,
+        "poll_completions": io.poll_completions,
+        "pending_count": io.pending_count,
+        "closed": lambda: io.closed,
+    }
+    slowest = dict.fromkeys(calls, 0.0)
+
+    def measure() -> int:
+        rounds = 0
+        while thread.is_alive() or rounds == 0:
+            for name, call in calls.items():
+                slowest[name] = max(slowest[name], timed(call))
+            rounds += 1
+            time.sleep(0.001)
+        return rounds
+
+    thread.start()
+    time.sleep(0.01)
+    rounds = call_with_timeout(measure, LIVENESS_TIMEOUT_S * 3)
+    thread.join(LIVENESS_TIMEOUT_S)
+    assert "error" not in box, box.get("error")
+    assert box["got"][0].result == 0
+    print(
+        f"\n[{io.backend}] datasync of {DIRTY >> 20} MiB took {box['took'] * 1e3:.0f} ms; "
+        f"{rounds} rounds of calls meanwhile, slowest: "
+        + ", ".join(f"{n} {s * 1e6:.0f} us" for n, s in slowest.items())
+    )
+    held_up = {n: s for n, s in slowest.items() if s >= AT_ONCE_S}
+    assert not held_up, f"calls held up by another thread's datasync (seconds): {held_up}"
+    drain(io)

@@ -171,3 +171,20 @@ def test_writes_waiting_for_a_held_reader_are_bounded(make_io, backend_kind):
     assert r["grown_kib"] < 48 * 1024, f"queued stream writes are not bounded: {r}"
     assert r["completed"] == r["accepted"] and r["all_ok"], r
     assert r["received"] == r["accepted"] * 4096, r
+
+
+def test_a_non_blocking_pipe_is_written_and_read_whole(io):
+    """asyncio and other event loops make their pipes and sockets O_NONBLOCK: the backend
+    must still write and read them whole, never complete with -EAGAIN."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    try:
+        out, into = io.register_fd(w), io.register_fd(r)
+        payload = pattern(1 << 20, seed=9)
+        tokens = [io.submit_write(out, payload, 0), io.submit_read(into, len(payload), 0)]
+        got = wait_for_all(io, tokens)
+        assert [c.result for c in got] == [len(payload), len(payload)]
+        assert got[1].data == payload
+    finally:
+        close_quietly(r, w)

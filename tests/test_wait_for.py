@@ -291,3 +291,52 @@ def test_close_does_not_leave_a_waiter_hanging(make_io):
             assert [c.token for c in box["got"]] == [token]
     finally:
         close_quietly(r, w)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_mix_of_wait_for_poll_and_wait_loses_nothing(io, tmp_path, seed):
+    """Random submissions (a file, a pipe written and read back) collected by a random mix
+    of wait_for (random subsets, random order), poll_completions and wait: every token is
+    handed back exactly once, wait_for returns exactly what it was asked for, and a token
+    handed back is refused by a later wait_for."""
+    import random
+
+    rng = random.Random(seed)
+    fd = register_path(io, tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    r, w = os.pipe()
+    try:
+        pipe_in, pipe_out = io.register_fd(r), io.register_fd(w)
+        outstanding: list[int] = []
+        handed_back: list = []
+        all_tokens: list[int] = []
+        for _ in range(300):
+            action = rng.random()
+            if action < 0.5:
+                size = rng.randrange(0, 2000)
+                new = [io.submit_append(fd, b"r" * size)]
+                if rng.random() < 0.3:
+                    new += [io.submit_write(pipe_out, b"p" * size, 0)]
+                    new += [io.submit_read(pipe_in, size, 0)]
+                if rng.random() < 0.1:
+                    new.append(io.submit_datasync(fd))
+                outstanding += new
+                all_tokens += new
+            elif action < 0.75 and outstanding:
+                chosen = rng.sample(outstanding, rng.randrange(1, min(len(outstanding), 8) + 1))
+                got = io.wait_for(chosen, timeout=LIVENESS_TIMEOUT_S)
+                assert [c.token for c in got] == chosen
+                handed_back += got
+                outstanding = [t for t in outstanding if t not in chosen]
+                with pytest.raises(ValueError):
+                    io.wait_for([chosen[0]], timeout=0)
+            else:
+                got = io.poll_completions() if action < 0.9 else io.wait(1, timeout=0.05)
+                handed_back += got
+                tokens = {c.token for c in got}
+                outstanding = [t for t in outstanding if t not in tokens]
+            assert io.pending_count() == len(outstanding)
+        handed_back += drain(io)
+        assert_exactly_once(handed_back, all_tokens)
+        assert all(c.ok for c in handed_back), [c for c in handed_back if not c.ok][:3]
+    finally:
+        close_quietly(r, w)

@@ -158,7 +158,9 @@ class StorageIo(abc.ABC):
         (``len(data) == result``): fewer than `length` only at end of file (0 there), since
         a short read is continued by the backend. `length` 0 completes with ``b""``. A
         failed read completes with a negative errno and `data` None. The read sees every
-        write that completed before it was submitted, through any descriptor.
+        write and append to the file submitted on this instance before it (it is held
+        behind them, like a datasync), and whatever was written through other descriptors
+        before it was submitted; a write submitted after it may or may not be seen.
 
         Raises `ClosedError` after `close()`, `BadFdError` for a handle that is not live,
         `TypeError` if `length` or `offset` is not an int, `ValueError` if either is

@@ -93,9 +93,10 @@ class _Stream:
 
 class _RegisteredFile:
     """The backend's side of one registration: its own descriptor and append position,
-    and for a stream the queue its worker runs."""
+    for a stream the queue its worker runs, and how many datasyncs are running on it
+    outside the lock (its descriptor stays open until they are done)."""
 
-    __slots__ = ("descriptor", "append_position", "slot", "stream")
+    __slots__ = ("descriptor", "append_position", "slot", "stream", "syncing")
 
     def __init__(
         self, descriptor: int, append_position: int, slot: int, stream: _Stream | None
@@ -104,6 +105,7 @@ class _RegisteredFile:
         self.append_position = append_position
         self.slot = slot
         self.stream = stream
+        self.syncing = 0
 
 
 # -- argument checks (messages as on the io_uring backend) ---------------------------------
@@ -511,10 +513,10 @@ class SyncStorageIo(StorageIo):
             del (self._files if record.stream is None else self._streams)[fd]
             self._generations[record.slot] += 1
             self._free_slots.append(record.slot)
-            # A regular file has nothing in flight (its operations finished when they were
-            # submitted); a stream's worker may still be busy: wait for it, lock released.
+            # A regular file's writes finished when they were submitted, but a datasync may
+            # still run; a stream's worker may still be busy: wait for them, lock released.
             stream = record.stream
-            while stream is not None and stream.running:
+            while record.syncing or (stream is not None and stream.running):
                 self._cond.wait()
             os.close(record.descriptor)
 
@@ -669,19 +671,34 @@ class SyncStorageIo(StorageIo):
             return self._complete_inline(result, data)
 
     def submit_datasync(self, fd: IoFd) -> int:
+        # The fdatasync runs in the caller, like a write, but without the lock: it may take
+        # a long time (seconds on a busy disk), and every write it must cover has already
+        # returned. Meanwhile its token is in flight, and the descriptor stays open.
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
             if record.stream is not None:
                 return self._queue_on_stream(record, _SYNC, None, 0)
-            try:
-                _datasync(record.descriptor)
-                result = 0
-            except OSError as err:
-                result = -(err.errno or errno.EIO)
-                self._failed += 1
-            return self._complete_inline(result, None)
+            token = self._next_token
+            self._next_token = token + 1
+            self._in_flight.add(token)
+            record.syncing += 1
+        result = -errno.EINTR  # if a signal handler raises out of the call
+        try:
+            _datasync(record.descriptor)
+            result = 0
+        except OSError as err:
+            result = -(err.errno or errno.EIO)
+        finally:
+            with self._lock:
+                record.syncing -= 1
+                self._in_flight.discard(token)
+                if result < 0:
+                    self._failed += 1
+                self._ready.append(IoCompletion(token, result))
+                self._cond.notify_all()
+        return token
 
     def _complete_inline(self, result: int, data: bytes | None) -> int:
         """Issue a token for an operation that already ran and queue its completion."""
@@ -709,21 +726,23 @@ class SyncStorageIo(StorageIo):
                 f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
                 "waiting for this descriptor; wait for completions and retry"
             )
-        token = self._next_token
-        self._next_token = token + 1
-        queued.append((token, kind, payload))
-        stream.queued_bytes += size
-        self._in_flight.add(token)
         if not stream.running:
-            stream.running = True
-            # The worker holds this instance until its queue is empty, so a dropped
-            # instance is finalized only once its streams are done: never waited for.
+            # Started first (it waits for the lock we hold), so that a thread that cannot
+            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
+            # holds this instance until its queue is empty, so a dropped instance is
+            # finalized only once its streams are done: never waited for.
             threading.Thread(
                 target=self._run_stream,
                 args=(stream, record.descriptor),
                 name="storage_io-stream",
                 daemon=True,
             ).start()
+            stream.running = True
+        token = self._next_token
+        self._next_token = token + 1
+        queued.append((token, kind, payload))
+        stream.queued_bytes += size
+        self._in_flight.add(token)
         return token
 
     def _run_stream(self, stream: _Stream, descriptor: int) -> None:
@@ -908,8 +927,11 @@ class SyncStorageIo(StorageIo):
                 return
             self._closed = True
             self._cond.notify_all()  # waiters in wait()/wait_for() give up: closed
-            # Stream operations still queued run to completion first (lock released).
-            while any(r.stream is not None and r.stream.running for r in self._streams.values()):
+            # Stream operations still queued and datasyncs still running finish first (lock
+            # released while waiting).
+            while self._in_flight or any(
+                r.stream is not None and r.stream.running for r in self._streams.values()
+            ):
                 self._cond.wait()
             self._ready = []
             self._ready_by_token = {}
