@@ -346,3 +346,15 @@ def test_durable_lsn_advances_after_commit_without_another_call(make_io, log_dir
         while wal.durable_lsn < lsn:
             assert time.monotonic() < deadline, "durable_lsn never moved after commit()"
             time.sleep(0.001)
+
+
+def test_a_log_dropped_without_close_releases_its_lock(make_io, log_dir):
+    import gc
+
+    wal = Wal.open(log_dir, io=make_io())
+    wal.append(b"x")
+    wal.sync()
+    del wal
+    gc.collect()
+    with Wal.open(log_dir, io=make_io()) as again:
+        assert again.last_lsn == 1

@@ -274,6 +274,7 @@ class Wal:
                 io = open_storage_io()
             wal._setup(path, io, owns_io, lock_fd, segment_bytes)
         except BaseException:
+            wal._closed = True  # so that __del__ does not close the lock descriptor again
             if wal._fd is not None and io is not None and not io.closed:
                 io.deregister_fd(wal._fd)  # leave nothing registered in an io the caller keeps
             os.close(lock_fd)
@@ -907,6 +908,17 @@ class Wal:
         except WalPoisonedError:
             if exc_type is None:
                 raise  # otherwise the error already propagating says more
+
+    def __del__(self) -> None:
+        # A log dropped without close() must not keep its directory locked for the rest
+        # of the process. What was not durable stays that way (close() is the way to
+        # commit); the owned io is finalized by itself.
+        if not getattr(self, "_closed", True) and hasattr(self, "_lock_fd"):
+            self._closed = True
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("poisoned" if self._poison else "open")
