@@ -28,9 +28,9 @@ from storage_io.bench import (
     prepare_run,
 )
 
-# 5% of the docs/workloads.md counts: W1 5,000 appends, W2 100 batches, W3 51 MiB, W4 100
-# round trips, W5 10,000 appends. The full counts are the bench command's job.
-SCALE = 0.05
+# Each workload's quick_scale: for W1..W5 5% of the docs/workloads.md counts (W1 5,000
+# appends, W2 100 batches, W3 51 MiB, W4 100 round trips, W5 10,000 appends); for the log's
+# L1..L4 2% or 2,048 records. The full counts are the bench command's job.
 ROUNDS = 3
 
 
@@ -75,7 +75,7 @@ def _measure(
             workload,
             target,
             str(bench_dir),
-            SCALE,
+            workload.quick_scale,
             label=name,
             pattern=pattern or workload.patterns[0],
             form=form,

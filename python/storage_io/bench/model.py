@@ -150,6 +150,14 @@ class Workload:
     setup: Hook | None = None  # untimed, after the file is opened and registered
     teardown: Hook | None = None  # untimed, before the file is checked
     check: Check | None = None  # None: the file must hold the records of the pool, cycled
+    # Whether ``python -m storage_io bench`` without --workload runs it (W1..W5: the
+    # README's first command, about two minutes); the others are asked for by name.
+    in_default_run: bool = True
+    # The scale of the single untimed pass CI makes over benches/ (quick, not a figure).
+    quick_scale: float = 0.05
+    # A name --workload accepts for this workload and the others of the same group (e.g.
+    # "wal_replay": its 4 KiB and 256 B workloads); "" for none.
+    group: str = ""
 
     @property
     def has_vectored(self) -> bool:
@@ -176,6 +184,8 @@ def register_workload(workload: Workload) -> Workload:
             raise ValueError(f"workload id or name {key!r} is already registered")
     if workload.headline not in workload.shown:
         raise ValueError(f"{workload.id}: headline {workload.headline!r} is not shown")
+    if workload.group and workload.group.lower() in taken:
+        raise ValueError(f"{workload.id}: group {workload.group!r} is a workload's id or name")
     if not workload.bodies:
         raise ValueError(f"{workload.id}: no body for any form of implementation")
     unknown = [p for p in workload.patterns if p not in PATTERNS]

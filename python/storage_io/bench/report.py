@@ -138,8 +138,8 @@ def _notes(rows: Sequence[Row], patterns: bool) -> list[str]:
             "and its datasync), calls flush(), then waits for all of it; window-noflush "
             "the same without flush(). The plain os loops are the same in every pattern."
         )
-    notes = {row.workload.id: row.workload.note for row in rows if row.workload.note}
-    out += list(notes.values())
+    # Once each: the workloads of a group (wal_replay) share theirs.
+    out += list(dict.fromkeys(row.workload.note for row in rows if row.workload.note))
     return out
 
 
