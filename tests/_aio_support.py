@@ -1,0 +1,116 @@
+"""Helpers for the storage_io.aio tests: running a coroutine on each event loop, a ticker
+that measures how long the loop stalls, and records whose wholeness can be checked.
+
+Import the `loop_kind` fixture into a test module to run its tests on the default asyncio
+loop and on uvloop (where uvloop is installed; it is in the `test` extra).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - the test extra installs it
+    uvloop = None
+
+T = TypeVar("T")
+
+LOOPS = ("asyncio", "uvloop")
+
+# Generous: a lost wake-up must fail the test, not hang the suite.
+DEADLINE_S = 60.0
+
+
+@pytest.fixture(params=LOOPS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "uvloop" and uvloop is None:
+        pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")
+    return request.param
+
+
+def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DEADLINE_S) -> T:
+    """Run `main()` on a new loop of `loop_kind`; a run that outlasts `deadline_s` fails."""
+
+    async def bounded() -> T:
+        try:
+            return await asyncio.wait_for(main(), deadline_s)
+        except asyncio.TimeoutError:
+            pytest.fail(f"did not finish within {deadline_s} s: a lost wake-up or a hang")
+
+    if loop_kind == "uvloop":
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(bounded())
+    finally:
+        loop.close()
+
+
+def open_path(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    return os.open(path, flags, 0o644)
+
+
+def register(aio: Any, path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> Any:
+    """Register `path` and close our descriptor at once (the io keeps its own)."""
+    fd = open_path(path, flags)
+    try:
+        return aio.register_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def record(task: int, seq: int, size: int = 100) -> bytes:
+    """A record naming its task and sequence number, `size` bytes long, ending in a newline;
+    its body is one byte repeated, so a torn or interleaved record shows."""
+    head = b"%03d:%07d:" % (task, seq)
+    return head + bytes([65 + task % 26]) * (size - len(head) - 1) + b"\n"
+
+
+def parse_records(data: bytes, size: int = 100) -> list[tuple[int, int]]:
+    """(task, seq) of each record of `data`, checking every record is whole."""
+    assert len(data) % size == 0, f"file length {len(data)} is not a multiple of {size}"
+    out = []
+    for at in range(0, len(data), size):
+        chunk = data[at : at + size]
+        task, seq = int(chunk[:3]), int(chunk[4:11])
+        assert chunk == record(task, seq, size), f"torn or mixed record at offset {at}"
+        out.append((task, seq))
+    return out
+
+
+class Ticker:
+    """A task on the loop that asks to wake every `period_s` and records how late it woke:
+    the loop's stalls, whatever caused them."""
+
+    def __init__(self, period_s: float = 0.001) -> None:
+        self.period_s = period_s
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.period_s)
+            self.lags.append(time.perf_counter() - start - self.period_s)
+
+    def __enter__(self) -> Ticker:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    def p99(self) -> float:
+        assert len(self.lags) >= 50, f"the ticker ran only {len(self.lags)} times"
+        ordered = sorted(self.lags)
+        return ordered[int(len(ordered) * 0.99)]
