@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from _aio_support import loop_kind, parse_records, record, register, run  # noqa: F401
-
 from storage_io.aio import AsyncStorageIo
 
 
@@ -82,9 +81,7 @@ def test_a_cancelled_datasync_still_runs_and_the_write_after_it_too(
     assert path.read_bytes() == b"one\ntwo\n"
 
 
-def test_a_write_whose_waiter_timed_out_completes(
-    io: Any, loop_kind: str, tmp_path: Path
-) -> None:
+def test_a_write_whose_waiter_timed_out_completes(io: Any, loop_kind: str, tmp_path: Path) -> None:
     """asyncio.wait_for cancels the awaiting on timeout; the write itself finishes."""
     path = tmp_path / "f"
     big = b"z" * (8 << 20)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _aio_support import loop_kind, parse_records, record, register, run  # noqa: F401
 from _support import pattern
-
 from storage_io import BadFdError, ClosedError, StorageIo
 from storage_io.aio import AsyncStorageIo
 

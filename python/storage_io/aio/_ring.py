@@ -64,7 +64,12 @@ class RingDriver:
         self._io = io
         config = io.config
         self._buffer_size: int = config.buffer_size
-        self._buffer_count: int = config.buffer_count
+        # The budget of registered buffers this driver lets its writes hold. A buffer's
+        # worth of write is one SQE, so the budget also keeps the submission queue from
+        # filling: with a full queue, flush() sleeps until the kernel takes entries (SQPOLL
+        # mode: until its thread runs), which on the loop is a stall.
+        self._buffer_count: int = max(1, min(config.buffer_count, config.ring_entries // 2))
+        self._pool_bytes: int = config.buffer_size * config.buffer_count
         self._buffers_held = 0
         # token -> (future, kind, buffers it holds)
         self._waiting: dict[int, tuple[asyncio.Future[Any], int, int]] = {}
@@ -92,7 +97,7 @@ class RingDriver:
                 size = memoryview(data).nbytes  # type: ignore[arg-type]
             except TypeError:
                 return 0
-        if size > self._buffer_size * self._buffer_count:
+        if size > self._pool_bytes:
             return 0
         return max(1, -(-size // self._buffer_size))
 
