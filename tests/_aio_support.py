@@ -1,8 +1,8 @@
 """Helpers for the storage_io.aio tests: running a coroutine on each event loop, a ticker
 that measures how long the loop stalls, and records whose wholeness can be checked.
 
-Import the `loop_kind` fixture into a test module to run its tests on the default asyncio
-loop and on uvloop (where uvloop is installed; it is in the `test` extra).
+Decorate a test taking `loop_kind` with `on_each_loop` to run it on the default asyncio
+loop and on uvloop (which the `test` extra installs).
 """
 
 from __future__ import annotations
@@ -30,11 +30,8 @@ LOOPS = ("asyncio", "uvloop")
 DEADLINE_S = 60.0
 
 
-@pytest.fixture(params=LOOPS)
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    if request.param == "uvloop" and uvloop is None:
-        pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")
-    return request.param
+# Runs a test on the default asyncio loop and on uvloop (where uvloop is installed).
+on_each_loop = pytest.mark.parametrize("loop_kind", LOOPS)
 
 
 def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DEADLINE_S) -> T:
@@ -47,6 +44,8 @@ def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DE
             pytest.fail(f"did not finish within {deadline_s} s: a lost wake-up or a hang")
 
     if loop_kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()

@@ -8,10 +8,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from _aio_support import loop_kind, parse_records, record, register, run  # noqa: F401
+from _aio_support import on_each_loop, parse_records, record, register, run
 from storage_io.aio import AsyncStorageIo
 
 
+@on_each_loop
 def test_cancelling_half_of_200_appends_in_flight_loses_none(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -41,6 +42,7 @@ def test_cancelling_half_of_200_appends_in_flight_loses_none(
     assert found == [(seq % 64, seq) for seq in range(200)] + [(0, 999)]
 
 
+@on_each_loop
 def test_cancelling_operations_run_as_tasks_before_they_start(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -61,6 +63,7 @@ def test_cancelling_operations_run_as_tasks_before_they_start(
     assert parse_records(path.read_bytes()) == [(1, seq) for seq in range(50)]
 
 
+@on_each_loop
 def test_a_cancelled_datasync_still_runs_and_the_write_after_it_too(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -81,6 +84,7 @@ def test_a_cancelled_datasync_still_runs_and_the_write_after_it_too(
     assert path.read_bytes() == b"one\ntwo\n"
 
 
+@on_each_loop
 def test_a_write_whose_waiter_timed_out_completes(io: Any, loop_kind: str, tmp_path: Path) -> None:
     """asyncio.wait_for cancels the awaiting on timeout; the write itself finishes."""
     path = tmp_path / "f"

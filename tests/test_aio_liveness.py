@@ -15,9 +15,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from _aio_support import (  # noqa: F401
+from _aio_support import (
     Ticker,
-    loop_kind,
+    on_each_loop,
     parse_records,
     record,
     register,
@@ -31,6 +31,7 @@ P99_LIMIT_S = 0.005
 TICKS = 600
 
 
+@on_each_loop
 def test_ticker_keeps_time_while_64_tasks_do_durable_appends(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -58,6 +59,7 @@ def test_ticker_keeps_time_while_64_tasks_do_durable_appends(
     assert sorted(found) == [(t, s) for t in range(64) for s in range(appended[t])]
 
 
+@on_each_loop
 def test_ticker_keeps_time_through_a_large_dirty_write_and_its_datasync(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -85,6 +87,7 @@ def test_ticker_keeps_time_through_a_large_dirty_write_and_its_datasync(
     assert path.stat().st_size == rounds * count * len(chunk)
 
 
+@on_each_loop
 def test_a_lone_task_awaiting_one_operation_at_a_time_is_woken_each_time(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -103,6 +106,7 @@ def test_a_lone_task_awaiting_one_operation_at_a_time_is_woken_each_time(
     assert parse_records(path.read_bytes()) == [(0, s) for s in range(300)]
 
 
+@on_each_loop
 def test_no_lost_wakeup_over_a_long_mixed_run(io: Any, loop_kind: str, tmp_path: Path) -> None:
     """Appends, writes, reads and datasyncs from 16 tasks on two files of the real disk;
     every operation finishes (the run's deadline fails a hang) with the right result."""
@@ -143,6 +147,7 @@ def test_no_lost_wakeup_over_a_long_mixed_run(io: Any, loop_kind: str, tmp_path:
     assert len(parse_records(log_path.read_bytes())) == appended
 
 
+@on_each_loop
 def test_submissions_of_one_loop_tick_reach_the_kernel_together(
     loop_kind: str, tmp_path: Path
 ) -> None:

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from _aio_support import loop_kind, parse_records, record, register, run  # noqa: F401
+from _aio_support import on_each_loop, parse_records, record, register, run
 from _support import pattern
 from storage_io import BadFdError, ClosedError, StorageIo
 from storage_io.aio import AsyncStorageIo
 
 
+@on_each_loop
 def test_write_append_datasync_read_round_trip(io: Any, loop_kind: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
 
@@ -39,6 +40,7 @@ def test_write_append_datasync_read_round_trip(io: Any, loop_kind: str, tmp_path
     assert not io.closed, "an io that was passed in stays open"
 
 
+@on_each_loop
 def test_writes_larger_than_the_buffer_pool_and_more_than_it_holds(
     make_io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -59,6 +61,7 @@ def test_writes_larger_than_the_buffer_pool_and_more_than_it_holds(
     assert path.read_bytes() == b"".join(chunks)
 
 
+@on_each_loop
 def test_the_bytes_are_copied_at_the_call(io: Any, loop_kind: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
 
@@ -77,6 +80,7 @@ def test_the_bytes_are_copied_at_the_call(io: Any, loop_kind: str, tmp_path: Pat
     assert path.read_bytes() == b"a" * 10 + b"b" * 10
 
 
+@on_each_loop
 def test_operations_run_as_tasks_land_in_call_order(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -94,6 +98,7 @@ def test_operations_run_as_tasks_land_in_call_order(
     assert parse_records(path.read_bytes()) == [(0, i) for i in range(200)]
 
 
+@on_each_loop
 def test_64_tasks_appending_leave_every_record_whole(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
@@ -120,6 +125,7 @@ def test_64_tasks_appending_leave_every_record_whole(
         assert [s for t, s in found if t == task] == list(range(per_task)), "order of a task"
 
 
+@on_each_loop
 def test_owned_io_is_opened_and_closed(loop_kind: str, tmp_path: Path) -> None:
     async def main() -> StorageIo:
         aio = AsyncStorageIo()
@@ -137,6 +143,7 @@ def test_owned_io_is_opened_and_closed(loop_kind: str, tmp_path: Path) -> None:
 # -- errors (guarantee 5) ------------------------------------------------------------------
 
 
+@on_each_loop
 def test_argument_errors_raise_at_the_call(io: Any, loop_kind: str, tmp_path: Path) -> None:
     async def main() -> None:
         async with AsyncStorageIo(io) as aio:
@@ -165,6 +172,7 @@ def test_argument_errors_raise_at_the_call(io: Any, loop_kind: str, tmp_path: Pa
     assert (tmp_path / "f").read_bytes() == b"ok"
 
 
+@on_each_loop
 def test_kernel_errors_raise_oserror_with_errno(io: Any, loop_kind: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"read only")
@@ -186,6 +194,7 @@ def test_kernel_errors_raise_oserror_with_errno(io: Any, loop_kind: str, tmp_pat
     assert path.read_bytes() == b"read only"
 
 
+@on_each_loop
 def test_a_closed_io_raises_closed_error(io: Any, loop_kind: str, tmp_path: Path) -> None:
     async def main() -> None:
         aio = AsyncStorageIo(io)
@@ -228,6 +237,7 @@ def _what_the_io_does_with_a_pipe(io: Any) -> int:
         os.close(write_end)
 
 
+@on_each_loop
 def test_a_pipe_written_while_another_task_reads_it(io: Any, loop_kind: str) -> None:
     """More than a pipe holds goes through the writer while a reader task on the same loop
     drains it: neither side may block the loop."""
