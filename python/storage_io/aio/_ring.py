@@ -328,7 +328,8 @@ class RingDriver:
         """Stop watching completions (nothing may be outstanding)."""
         self.loop.remove_reader(self._eventfd)
         try:
-            self._io.unregister_eventfd()
+            if not self._io.closed:  # closed under us: the ring and its eventfd are gone
+                self._io.unregister_eventfd()
         finally:
             os.close(self._eventfd)
 
