@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod descriptor;
+pub mod wal;
 
 #[cfg(target_os = "linux")]
 pub mod backend;

@@ -1120,5 +1120,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyIoCompletion>()?;
     m.add_function(wrap_pyfunction!(new_instance_id, m)?)?;
     m.add_function(wrap_pyfunction!(descriptor_for_writes, m)?)?;
-    uring::add(m)
+    uring::add(m)?;
+    crate::wal::binding::add(m)
 }

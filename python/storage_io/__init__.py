@@ -24,6 +24,7 @@ from ._native import (
 from .interface import StorageIo
 from .selection import open_storage_io
 from .sync_backend import SyncStorageIo
+from .wal import Wal, WalCorruptionError, WalError, WalPoisonedError, WalRecovery
 
 # The native class cannot inherit from a Python ABC; registering it makes
 # isinstance(x, StorageIo) true for both backends.
@@ -48,6 +49,11 @@ __all__ = [
     "SyncStorageIo",
     "UringStorageIo",
     "UringUnavailableError",
+    "Wal",
+    "WalCorruptionError",
+    "WalError",
+    "WalPoisonedError",
+    "WalRecovery",
     "__version__",
     "open_storage_io",
 ]
