@@ -8,5 +8,6 @@ is durable, and appends from many tasks share fdatasyncs.
 
 from ._operation import Operation
 from ._storage import AsyncStorageIo
+from ._wal import AsyncWal
 
-__all__ = ["AsyncStorageIo", "Operation"]
+__all__ = ["AsyncStorageIo", "AsyncWal", "Operation"]
