@@ -136,7 +136,7 @@ async def append_aiofile(path: Path, scale: float) -> Result:
 
 async def append_aiofiles(path: Path, scale: float) -> Result:
     try:
-        import aiofiles
+        import aiofiles  # type: ignore[import-untyped,unused-ignore]
     except ImportError as exc:
         raise Skip(f"aiofiles is not installed ({exc}); pip install storage_io[bench]") from None
     record = b"r" * APPEND_SIZE
@@ -288,6 +288,7 @@ WORKLOADS: dict[str, tuple[list[tuple[str, Runner]], Callable[[Path, float], str
 
 
 def _run_once(runner: Runner, path: Path, scale: float, uvloop: bool) -> Result:
+    loop: asyncio.AbstractEventLoop
     if uvloop:
         import uvloop as module
 
