@@ -57,6 +57,30 @@ def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DE
         loop.close()
 
 
+# A stall the code causes shows in every attempt; a burst of other jobs on a shared machine
+# seldom lasts through three.
+LAG_ATTEMPTS = 3
+
+
+def assert_lag_within(measure: Callable[[], Ticker], limit_s: float) -> None:
+    """Run `measure()` (which returns the Ticker of one run) until its p99 is under
+    `limit_s`, at most LAG_ATTEMPTS times; fail with every attempt's figures."""
+    reports = []
+    for _ in range(LAG_ATTEMPTS):
+        ticker = measure()
+        if ticker.p99() < limit_s:
+            return
+        reports.append(ticker.report())
+    figures = f"loop lag over {limit_s * 1e3:.0f} ms in every attempt: " + "; ".join(reports)
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > 2 * cpus:
+        # More runnable threads than twice the CPUs: a thread holding the GIL (the sync
+        # backend's worker) waits for a CPU while the loop waits for it, which the ticker
+        # cannot tell from a stall of the code's own. Say so rather than pass or fail.
+        pytest.skip(f"machine overloaded (load {load:.1f} on {cpus} CPUs), {figures}")
+    pytest.fail(figures)
+
+
 def open_path(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     return os.open(path, flags, 0o644)
 
