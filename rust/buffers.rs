@@ -19,6 +19,8 @@ pub struct BufferPool {
     /// buffer is handed out first.
     free: Vec<u32>,
     lent: Vec<bool>,
+    /// Never unmap the arena: the kernel may still use it (see `leak`).
+    leaked: bool,
 }
 
 // SAFETY: the pool owns its arena exclusively; moving it between threads moves that
@@ -58,6 +60,7 @@ impl BufferPool {
             count,
             free: (0..count_u32).rev().collect(),
             lent: vec![false; count],
+            leaked: false,
         })
     }
 
@@ -98,6 +101,12 @@ impl BufferPool {
         self.free.push(index);
     }
 
+    /// Keeps the arena mapped for the rest of the process: for when operations that use it
+    /// could not be waited out, so the kernel may still read or write it.
+    pub fn leak(&mut self) {
+        self.leaked = true;
+    }
+
     pub fn is_lent(&self, index: u32) -> bool {
         self.lent[index as usize]
     }
@@ -122,6 +131,9 @@ impl BufferPool {
 
 impl Drop for BufferPool {
     fn drop(&mut self) {
+        if self.leaked {
+            return;
+        }
         // SAFETY: the arena was mapped by `new` with this length. The owner (the ring
         // manager) drops the pool only after the ring is gone or no buffer is in flight.
         unsafe {

@@ -59,9 +59,18 @@ impl std::error::Error for ReopenFailed {
 #[cfg(target_os = "linux")]
 fn reopen_without_append(fd: RawFd, flags: i32) -> io::Result<OwnedFd> {
     let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in it");
-    // Keep what matters to how writes behave (access mode, O_DIRECT, O_DSYNC, O_SYNC...);
-    // O_CREAT/O_TRUNC are not kept by the kernel in F_GETFL, so nothing is recreated.
-    let keep = flags & !(libc::O_APPEND | libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+    // Keep only what matters to how writes behave: the access mode, O_DIRECT, O_DSYNC,
+    // O_SYNC, O_NOATIME, O_NONBLOCK. F_GETFL also reports how the file was opened, and
+    // some of that means something else on a reopen: O_TMPFILE includes O_DIRECTORY
+    // (reopening the file with it fails with ENOTDIR), O_NOFOLLOW refuses the /proc link.
+    let keep = flags
+        & (libc::O_ACCMODE
+            | libc::O_DIRECT
+            | libc::O_DSYNC
+            | libc::O_SYNC
+            | libc::O_NOATIME
+            | libc::O_NONBLOCK
+            | libc::O_LARGEFILE);
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
     let reopened = unsafe { libc::open(path.as_ptr(), keep | libc::O_CLOEXEC) };
     if reopened < 0 {
@@ -179,6 +188,28 @@ mod tests {
             .unwrap();
         assert!(descriptor_for_flushes(file.as_raw_fd()).is_none());
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn an_unnamed_temporary_file_opened_to_append_is_reopened() {
+        let dir = std::ffi::CString::new(std::env::temp_dir().to_str().unwrap()).unwrap();
+        // SAFETY: open with a NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                dir.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_APPEND | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        assert!(fd >= 0, "O_TMPFILE: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just opened and is ours.
+        let appending = unsafe { std::fs::File::from_raw_fd(fd) };
+        (&appending).write_all(b"0123").unwrap();
+        let ours = std::fs::File::from(descriptor_for_writes(fd).unwrap());
+        ours.write_at(b"ab", 1).unwrap();
+        let mut got = [0u8; 4];
+        appending.read_at(&mut got, 0).unwrap();
+        assert_eq!(&got, b"0ab3");
     }
 
     #[test]

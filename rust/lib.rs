@@ -11,9 +11,17 @@ pub mod backend;
 #[cfg(target_os = "linux")]
 pub mod buffers;
 #[cfg(target_os = "linux")]
+pub mod handback;
+#[cfg(target_os = "linux")]
 pub mod manager;
 #[cfg(target_os = "linux")]
+pub mod reads;
+#[cfg(target_os = "linux")]
 pub mod ring;
+#[cfg(target_os = "linux")]
+pub mod streams;
+#[cfg(target_os = "linux")]
+pub mod waiters;
 
 #[cfg(all(feature = "python", target_os = "linux"))]
 mod fastcall;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::buffers::BufferPool;
 use crate::config::{IoUringConfig, RingMode};
+use crate::reads::{ReadOp, ReadStep, STREAM_OFFSET};
 use crate::ring::{
     build_ring, describe_buffer_registration_error, describe_setup_error, Unavailable,
 };
@@ -24,6 +25,8 @@ const PART_MASK: u64 = (1 << PART_BITS) - 1;
 /// The kernel moves at most this many bytes in one write (MAX_RW_COUNT); longer parts are
 /// continued like a short write.
 const MAX_BYTES_PER_SQE: usize = 0x7fff_f000;
+/// The token of the no-ops that wake a sleeping waiter; operations' tokens start at 1.
+const WAKE_TOKEN: u64 = 0;
 
 /// Tokens are handed out in sequence, so a multiplicative hash spreads them well and costs
 /// one multiply instead of SipHash on the hot path.
@@ -70,6 +73,7 @@ enum Kind {
         total: usize,
     },
     Sync,
+    Read(ReadOp),
     /// An fdatasync of a range that the backend issues itself, through its own descriptor
     /// (not the fixed file); it has no caller token.
     BackgroundFlush {
@@ -88,6 +92,7 @@ pub enum Done {
         len: usize,
     },
     Datasync,
+    Read,
     /// A background flush of the backend's own; never reported to the caller as such.
     BackgroundFlush,
 }
@@ -102,14 +107,19 @@ struct Operation {
 
 /// One operation the kernel has finished with: all its parts completed, its buffers back in
 /// the pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finished {
     pub token: u64,
-    /// Bytes written (the whole write), 0 for a datasync, or a negative errno.
+    /// Bytes written or read (the whole operation), 0 for a datasync, or a negative errno.
     pub result: i64,
     pub file_slot: u32,
     pub done: Done,
     pub tag: u64,
+    /// For a write that failed: how many bytes from its start the kernel wrote before it
+    /// stopped, so that the records wholly inside them can be reported written.
+    pub written: usize,
+    /// For a read: the bytes read.
+    pub data: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,6 +134,18 @@ pub struct Metrics {
     pub cancelled_reissued: u64,
     pub enter_calls: u64,
     pub background_flushes: u64,
+}
+
+/// What a waiter needs to sleep in the kernel without the manager's lock.
+#[derive(Clone, Copy, Debug)]
+pub struct SleepTicket {
+    /// The ring's descriptor; the ring stays alive while anyone sleeps on it.
+    pub fd: std::os::fd::RawFd,
+    pub to_submit: u32,
+    /// Wake when this many CQEs are unreaped.
+    pub want: u32,
+    /// SQPOLL's kernel thread is asleep and must be woken to take the queued SQEs.
+    pub wake_sqpoll: bool,
 }
 
 pub struct RingManager {
@@ -142,6 +164,8 @@ pub struct RingManager {
     queued: usize,
     cqe_scratch: Vec<(u64, i32)>,
     metrics: Metrics,
+    /// Bytes held in private copies (writes larger than the pool, long reads) in flight.
+    private_bytes: usize,
 }
 
 impl RingManager {
@@ -183,6 +207,7 @@ impl RingManager {
             queued: 0,
             cqe_scratch: Vec::with_capacity(config.ring_entries as usize * 2),
             metrics: Metrics::default(),
+            private_bytes: 0,
         })
     }
 
@@ -265,6 +290,66 @@ impl RingManager {
         token
     }
 
+    /// Queues a write of `data` as one part from its own copy, under `token`: for a stream,
+    /// whose bytes must leave in one piece (`offset` is then `STREAM_OFFSET`).
+    pub fn submit_owned(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        data: Box<[u8]>,
+        offset: u64,
+        tag: u64,
+    ) {
+        let len = data.len();
+        let part = Part {
+            source: Source::Owned(data),
+            offset,
+            len,
+            done: 0,
+        };
+        self.issue_write(token, file_slot, vec![part], len, tag);
+    }
+
+    /// Queues a read of `len` bytes at `offset` (`STREAM_OFFSET` on a stream) under `token`:
+    /// into a registered buffer when `registered` and it fits one (the caller checked one is
+    /// free), else into a private buffer.
+    pub fn submit_read(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        len: usize,
+        offset: u64,
+        registered: bool,
+    ) {
+        let buffer = (registered && len <= self.pool.buffer_size())
+            .then(|| self.pool.acquire())
+            .flatten();
+        let mut read = match buffer {
+            Some(buffer) => ReadOp::registered(buffer, offset, len),
+            None => ReadOp::private(offset, len),
+        };
+        let entry = read.entry(&self.pool, file_slot, token << PART_BITS);
+        self.private_bytes += read.private_bytes();
+        self.push(entry);
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag: 0,
+                kind: Kind::Read(read),
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    /// Bytes in private copies in flight: writes larger than the pool, stream writes,
+    /// long reads.
+    pub fn private_bytes(&self) -> usize {
+        self.private_bytes
+    }
+
     /// Queues the SQEs of every part of a write and tracks it until its last part is done.
     fn issue_write(
         &mut self,
@@ -275,6 +360,9 @@ impl RingManager {
         tag: u64,
     ) {
         for (index, part) in parts.iter().enumerate() {
+            if let Source::Owned(bytes) = &part.source {
+                self.private_bytes += bytes.len();
+            }
             let entry = self.part_entry(file_slot, token, index, part);
             self.push(entry);
         }
@@ -350,6 +438,19 @@ impl RingManager {
     }
 }
 
+/// Bytes of a write the kernel wrote from its start before it stopped: every part wholly
+/// written up to the first that is not, plus what that one got.
+fn written_prefix(parts: &[Part]) -> usize {
+    let mut written = 0;
+    for part in parts {
+        written += part.done;
+        if part.done < part.len {
+            break;
+        }
+    }
+    written
+}
+
 /// Sends one no-op through the ring and waits for it. A ring can be set up and registered
 /// and still refuse io_uring_enter (a seccomp filter that blocks only that call): better
 /// to say so now than to hand out a backend that can never complete anything.
@@ -412,7 +513,11 @@ fn part_entry(
 ) -> squeue::Entry {
     {
         let remaining = (part.len - part.done).min(MAX_BYTES_PER_SQE) as u32;
-        let offset = part.offset + part.done as u64;
+        let offset = if part.offset == STREAM_OFFSET {
+            STREAM_OFFSET
+        } else {
+            part.offset + part.done as u64
+        };
         let user_data = token << PART_BITS | index as u64;
         let file = types::Fixed(file_slot);
         match &part.source {
@@ -440,6 +545,11 @@ impl RingManager {
         let token = self.take_token();
         self.push_datasync(token, file_slot, tag);
         token
+    }
+
+    /// The token the next `reserve_token` returns.
+    pub fn peek_token(&self) -> u64 {
+        self.next_token
     }
 
     /// Reserves a token for a datasync that the backend holds back and issues later with
@@ -592,13 +702,64 @@ impl RingManager {
         self.enter(want - posted, timeout)
     }
 
+    /// Gets the ring ready for a waiter to sleep in io_uring_enter without holding the
+    /// manager (see `waiters`): queued SQEs are handed over by that same call, and `want`
+    /// is capped at what can still arrive and at what the completion queue holds.
+    pub fn prepare_sleep(&mut self, want: usize) -> SleepTicket {
+        self.move_backlog();
+        let to_submit = std::mem::take(&mut self.queued);
+        self.metrics.sqes_submitted += to_submit as u64;
+        self.metrics.enter_calls += 1;
+        let cq_room = (self.ring.params().cq_entries() as usize / 2).max(1);
+        let want = want.min(self.sqes_in_flight()).min(cq_room).max(1);
+        let wake_sqpoll = self.mode == RingMode::Sqpoll && self.ring.submission().need_wakeup();
+        SleepTicket {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&self.ring),
+            to_submit: to_submit as u32,
+            want: want as u32,
+            wake_sqpoll,
+        }
+    }
+
+    /// Makes a waiter sleeping for `want` CQEs (from the same completion-queue head, which
+    /// nobody moves while it sleeps) wake up: posts no-ops until that many are there.
+    pub fn wake_sleeper(&mut self, want: usize) -> io::Result<()> {
+        let posted = self.ring.completion().len();
+        for _ in posted..want {
+            let nop = opcode::Nop::new()
+                .build()
+                .user_data(WAKE_TOKEN << PART_BITS);
+            self.push(nop);
+        }
+        self.after_push();
+        self.flush().map(|_| ())
+    }
+
+    /// `n` SQEs handed to a sleeping waiter's io_uring_enter were not taken by the kernel:
+    /// they go with the next flush.
+    pub fn requeue(&mut self, n: u32) {
+        self.queued += n as usize;
+        self.metrics.sqes_submitted -= u64::from(n);
+    }
+
+    /// CQEs posted and not reaped yet.
+    pub fn unreaped(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
+    /// The ring's submitter, for registrations that do not touch operations in flight
+    /// (an eventfd, for instance).
+    pub fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
+    }
+
     /// An upper bound on the CQEs still to come: one per part of each operation in flight.
     fn sqes_in_flight(&self) -> usize {
         self.in_flight
             .values()
             .map(|op| match &op.kind {
                 Kind::Write { parts_left, .. } => *parts_left,
-                Kind::Sync | Kind::BackgroundFlush { .. } => 1,
+                Kind::Sync | Kind::Read(_) | Kind::BackgroundFlush { .. } => 1,
             })
             .sum()
     }
@@ -627,6 +788,9 @@ impl RingManager {
     fn complete_part(&mut self, user_data: u64, result: i32, out: &mut Vec<Finished>) {
         let token = user_data >> PART_BITS;
         let index = (user_data & PART_MASK) as usize;
+        if token == WAKE_TOKEN {
+            return; // a wake-up of a sleeping waiter (`wake_sleeper`), nobody's operation
+        }
         let Some(op) = self.in_flight.get_mut(&token) else {
             debug_assert!(false, "CQE for unknown token {token}");
             return;
@@ -637,7 +801,7 @@ impl RingManager {
             // the submitting task), which happens whenever a short-lived thread flushed the
             // ring. A write at an explicit offset and a datasync are idempotent: issue the
             // same SQE again from this (live) thread.
-            let entry = match &op.kind {
+            let entry = match &mut op.kind {
                 Kind::Sync => datasync_entry(op.file_slot, token),
                 Kind::BackgroundFlush { fd, offset, len } => {
                     background_flush_entry(*fd, token, *offset, *len)
@@ -645,6 +809,7 @@ impl RingManager {
                 Kind::Write { parts, .. } => {
                     part_entry(&self.pool, op.file_slot, token, index, &parts[index])
                 }
+                Kind::Read(read) => read.entry(&self.pool, op.file_slot, user_data),
             };
             self.metrics.cancelled_reissued += 1;
             self.push(entry);
@@ -652,6 +817,16 @@ impl RingManager {
         }
         let finished_result = match &mut op.kind {
             Kind::Sync | Kind::BackgroundFlush { .. } => i64::from(result),
+            Kind::Read(read) => match read.complete(result) {
+                ReadStep::Continue => {
+                    let before = read.private_bytes();
+                    let entry = read.entry(&self.pool, op.file_slot, user_data);
+                    self.private_bytes += read.private_bytes() - before;
+                    self.push(entry);
+                    return;
+                }
+                ReadStep::Finished(r) => r,
+            },
             Kind::Write {
                 parts,
                 parts_left,
@@ -676,8 +851,9 @@ impl RingManager {
                 } else if result < 0 {
                     first_error.get_or_insert(result);
                 }
-                if let Source::Registered(buffer) = part.source {
-                    self.pool.release(buffer);
+                match &part.source {
+                    Source::Registered(buffer) => self.pool.release(*buffer),
+                    Source::Owned(bytes) => self.private_bytes -= bytes.len(),
                 }
                 *parts_left -= 1;
                 if *parts_left > 0 {
@@ -693,12 +869,25 @@ impl RingManager {
             .in_flight
             .remove(&token)
             .expect("operation looked up above");
-        let done = match &op.kind {
-            Kind::Write { parts, total, .. } => Done::Write {
-                offset: parts[0].offset,
-                len: *total,
-            },
+        let mut written = 0;
+        let mut data = None;
+        let done = match op.kind {
+            Kind::Write { parts, total, .. } => {
+                written = written_prefix(&parts);
+                Done::Write {
+                    offset: parts[0].offset,
+                    len: total,
+                }
+            }
             Kind::Sync => Done::Datasync,
+            Kind::Read(read) => {
+                self.private_bytes = self.private_bytes.saturating_sub(read.private_bytes());
+                let bytes = read.into_data(&mut self.pool);
+                if finished_result >= 0 {
+                    data = Some(bytes);
+                }
+                Done::Read
+            }
             Kind::BackgroundFlush { .. } => Done::BackgroundFlush,
         };
         if done != Done::BackgroundFlush {
@@ -716,6 +905,8 @@ impl RingManager {
             file_slot: op.file_slot,
             done,
             tag: op.tag,
+            written,
+            data,
         });
     }
 }
@@ -748,12 +939,25 @@ impl Drop for RingManager {
                 break;
             }
             self.reap(&mut sink);
-            if self.in_flight.is_empty() || self.wait_for_cqe(None).is_err() {
+            sink.clear();
+            if self.in_flight.is_empty() {
                 break;
             }
-            sink.clear();
+            match self.wait_for_cqe(None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+                Ok(()) => {}
+            }
         }
-        if self.in_flight.is_empty() {
+        let abandoned = !self.in_flight.is_empty();
+        if abandoned {
+            // The kernel may still read (or, for a read, write) the memory of what is left:
+            // private copies and the pool. Leak them rather than free memory under it; the
+            // ring's teardown cancels the rest.
+            std::mem::forget(std::mem::take(&mut self.in_flight));
+            self.pool.leak();
+        }
+        if !abandoned {
             // Unregistering returns the pinned pages and their RLIMIT_MEMLOCK charge now;
             // left to the ring's teardown, the kernel returns them some time after the ring
             // is closed, and an instance opened right after this one (the usual 8 MiB limit

@@ -1,7 +1,7 @@
 //! The PyO3 layer only: argument extraction, GIL release, error mapping. Semantics live in
 //! `backend`; nothing here decides what an operation does.
 
-use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyTimeoutError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList};
 use pyo3::{create_exception, ffi};
@@ -174,34 +174,42 @@ impl PyIoUringConfig {
         Ok(Self { inner })
     }
 
+    /// Submission queue entries of the ring.
     #[getter]
     fn ring_entries(&self) -> u32 {
         self.inner.ring_entries
     }
+    /// The ring mode asked for: RingMode.STANDARD or RingMode.SQPOLL.
     #[getter]
     fn mode(&self) -> PyRingMode {
         self.inner.mode.into()
     }
+    /// How long the SQPOLL thread polls an idle queue before it sleeps, in milliseconds.
     #[getter]
     fn sqpoll_idle_ms(&self) -> u32 {
         self.inner.sqpoll_idle_ms
     }
+    /// The CPU the SQPOLL thread is pinned to, or None (not pinned).
     #[getter]
     fn sqpoll_cpu(&self) -> Option<u32> {
         self.inner.sqpoll_cpu
     }
+    /// Bytes in each registered buffer (a multiple of 4096).
     #[getter]
     fn buffer_size(&self) -> usize {
         self.inner.buffer_size
     }
+    /// Number of registered buffers in the pool.
     #[getter]
     fn buffer_count(&self) -> usize {
         self.inner.buffer_count
     }
+    /// Slots in the fixed-file table: how many files may be registered at once.
     #[getter]
     fn max_files(&self) -> u32 {
         self.inner.max_files
     }
+    /// Completed bytes of one file after which the backend flushes them in the background (0: never).
     #[getter]
     fn background_flush_bytes(&self) -> usize {
         self.inner.background_flush_bytes
@@ -224,7 +232,9 @@ impl PyIoUringConfig {
     }
 }
 
-/// The opaque handle `register_fd` returns.
+/// The opaque handle `register_fd` returns: the instance it belongs to (`owner`), its slot
+/// in the instance's file table and the slot's generation (so a handle kept after
+/// `deregister_fd` is recognised as stale). Pass it to the submit_* calls as it is.
 #[pyclass(name = "IoFd", module = "storage_io", frozen, eq, hash)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PyIoFd {
@@ -255,27 +265,43 @@ impl PyIoFd {
     }
 }
 
-/// One finished operation: `token` (what submit_* returned), `result` (bytes written, 0 for
-/// a datasync, or a negative errno), `ok` and `error` (an OSError with that errno, or None).
-#[pyclass(name = "IoCompletion", module = "storage_io", frozen, eq)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One finished operation, as poll_completions(), wait() and wait_for() hand it back.
+///
+/// `token`: what submit_* returned. `result`: bytes written or read, 0 for a datasync, or a
+/// negative errno. `ok`: result >= 0. `error`: an OSError with that errno, or None. `data`:
+/// the bytes a read returned (len(data) == result), None for every other operation.
+/// `check()` returns the completion when ok and raises its error otherwise.
+#[pyclass(name = "IoCompletion", module = "storage_io", frozen)]
 pub struct PyIoCompletion {
     #[pyo3(get)]
     token: u64,
     #[pyo3(get)]
     result: i64,
+    data: Option<Py<PyBytes>>,
 }
 
 #[pymethods]
 impl PyIoCompletion {
     #[new]
-    fn new(token: u64, result: i64) -> Self {
-        Self { token, result }
+    #[pyo3(signature = (token, result, data = None))]
+    fn new(token: u64, result: i64, data: Option<Bound<'_, PyBytes>>) -> Self {
+        Self {
+            token,
+            result,
+            data: data.map(Bound::unbind),
+        }
     }
 
+    /// True when the operation succeeded (result >= 0).
     #[getter]
     fn ok(&self) -> bool {
         self.result >= 0
+    }
+
+    /// The bytes a read returned (`bytes`, len == result); None for writes and datasyncs.
+    #[getter]
+    fn data(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
+        self.data.as_ref().map(|d| d.clone_ref(py))
     }
 
     /// An OSError carrying the errno of a failed operation, or None.
@@ -284,23 +310,60 @@ impl PyIoCompletion {
         if self.result >= 0 {
             return None;
         }
-        let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
-        let err = PyOSError::new_err((errno, strerror(errno)));
-        Some(err.into_value(py).into_any())
+        Some(self.os_error().into_value(py).into_any())
     }
 
-    fn __repr__(&self) -> String {
-        if self.result >= 0 {
-            format!("IoCompletion(token={}, result={})", self.token, self.result)
+    /// Returns this completion if it succeeded; raises its error (an OSError) otherwise.
+    fn check(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        if slf.get().result >= 0 {
+            Ok(slf)
         } else {
-            let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
-            format!(
-                "IoCompletion(token={}, result={}, error={:?})",
-                self.token,
-                self.result,
-                strerror(errno)
-            )
+            Err(slf.get().os_error())
         }
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> Py<PyAny> {
+        let Ok(other) = other.cast::<PyIoCompletion>() else {
+            return py.NotImplemented();
+        };
+        let other = other.get();
+        let same_data = match (&self.data, &other.data) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.bind(py).as_bytes() == b.bind(py).as_bytes(),
+            _ => false,
+        };
+        let same = self.token == other.token && self.result == other.result && same_data;
+        pyo3::types::PyBool::new(py, same)
+            .to_owned()
+            .into_any()
+            .unbind()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let mut text = format!("IoCompletion(token={}, result={}", self.token, self.result);
+        if self.result < 0 {
+            let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
+            text += &format!(", error={:?}", strerror(errno));
+        }
+        if let Some(data) = &self.data {
+            let data = data.bind(py);
+            if data.as_bytes().len() <= 32 {
+                let shown = data
+                    .repr()
+                    .map_or_else(|_| "?".to_string(), |r| r.to_string());
+                text += &format!(", data={shown}");
+            } else {
+                text += &format!(", data=<{} bytes>", data.as_bytes().len());
+            }
+        }
+        text + ")"
+    }
+}
+
+impl PyIoCompletion {
+    fn os_error(&self) -> PyErr {
+        let errno = i32::try_from(-self.result).unwrap_or(libc::EIO);
+        PyOSError::new_err((errno, strerror(errno)))
     }
 }
 
@@ -323,13 +386,27 @@ fn os_error(err: &std::io::Error) -> PyErr {
     }
 }
 
-/// An `IoCompletion` built for handing back in bulk. It holds no Python references, so it
-/// can never be part of a reference cycle: untracking it spares the cyclic GC from
+/// An `IoCompletion` built for handing back in bulk. It can never be part of a reference
+/// cycle: untracking it spares the cyclic GC from
 /// traversing every completion (measured: GC was ~10% of a W5 run's CPU before).
-fn new_completion(py: Python<'_>, token: u64, result: i64) -> PyResult<Bound<'_, PyIoCompletion>> {
-    let completion = Bound::new(py, PyIoCompletion { token, result })?;
-    // SAFETY: `completion` is a live, GC-tracked object we own; untracking an object without
-    // references to other objects is always sound, and its dealloc copes with it untracked.
+fn new_completion(
+    py: Python<'_>,
+    token: u64,
+    result: i64,
+    data: Option<Vec<u8>>,
+) -> PyResult<Bound<'_, PyIoCompletion>> {
+    let data = data.map(|d| PyBytes::new(py, &d).unbind());
+    let completion = Bound::new(
+        py,
+        PyIoCompletion {
+            token,
+            result,
+            data,
+        },
+    )?;
+    // SAFETY: `completion` is a live, GC-tracked object we own. Its only reference is to a
+    // bytes object, which refers to nothing, so it can never be part of a cycle; untracking
+    // it is sound, and its dealloc copes with it untracked.
     unsafe { ffi::PyObject_GC_UnTrack(completion.as_ptr().cast()) };
     Ok(completion)
 }
@@ -540,7 +617,9 @@ mod uring {
     use super::*;
     use crate::backend::{BackendError, Completion, Handle, UringBackend};
     use crate::fastcall::{self, FastMethod};
-    use std::sync::{Mutex, MutexGuard, Once};
+    use crate::waiters::{Shared, WaitError};
+    use std::sync::Once;
+    use std::time::Instant;
 
     /// Bumped in every child after fork(): an instance remembers the value it was made under,
     /// and a mismatch means "inherited from a parent", whose ring this process must not drive.
@@ -585,6 +664,20 @@ mod uring {
         }
     }
 
+    impl From<WaitError> for CallError {
+        fn from(e: WaitError) -> Self {
+            match e {
+                WaitError::Closed => CallError::Closed,
+                WaitError::Backend(b) => CallError::Backend(b),
+                WaitError::Claim(c) => CallError::Python(PyValueError::new_err(c.to_string())),
+                // Callers handle these two themselves; reaching here is a bug of ours.
+                WaitError::Interrupted | WaitError::TimedOut => {
+                    CallError::Python(PyTimeoutError::new_err("interrupted wait was not retried"))
+                }
+            }
+        }
+    }
+
     impl From<CallError> for PyErr {
         fn from(e: CallError) -> PyErr {
             match e {
@@ -594,7 +687,9 @@ mod uring {
                 CallError::Backend(BackendError::BufferExhausted(m)) => {
                     BufferExhaustedError::new_err(m)
                 }
+                CallError::Backend(BackendError::QueueFull(m)) => QueueFullError::new_err(m),
                 CallError::Backend(BackendError::TooManyFiles(m)) => StorageIoError::new_err(m),
+                CallError::Backend(BackendError::Invalid(m)) => PyValueError::new_err(m),
                 CallError::Backend(BackendError::NoRoom) => {
                     BufferExhaustedError::new_err("no registered buffer is free")
                 }
@@ -605,12 +700,87 @@ mod uring {
 
     type CallResult<T> = Result<T, CallError>;
 
-    /// The io_uring backend of the StorageIo interface: every method and guarantee is
-    /// documented on storage_io.StorageIo (help(storage_io.StorageIo)) and in the README.
+    /// A `timeout` argument: None, or a number of seconds (int or float), the same checks
+    /// and messages as the sync backend. Returns the deadline (None: no limit).
+    fn deadline_from(timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Instant>> {
+        let Some(timeout) = timeout.filter(|t| !t.is_none()) else {
+            return Ok(None);
+        };
+        let is_number =
+            timeout.is_instance_of::<PyInt>() || timeout.is_instance_of::<pyo3::types::PyFloat>();
+        if !is_number {
+            return Err(PyTypeError::new_err(format!(
+                "timeout must be None or a number of seconds, not {}",
+                type_name(timeout)
+            )));
+        }
+        let seconds: f64 = timeout.extract().unwrap_or(f64::INFINITY);
+        if !(seconds >= 0.0 && seconds.is_finite()) {
+            return Err(PyValueError::new_err(format!(
+                "timeout={} is out of range: allowed None or a finite number >= 0",
+                timeout.str()?
+            )));
+        }
+        // A timeout too long to represent waits as long as no timeout does.
+        Ok(Duration::try_from_secs_f64(seconds)
+            .ok()
+            .and_then(|d| Instant::now().checked_add(d)))
+    }
+
+    /// The tokens of a wait_for() call, checked for type.
+    fn extract_tokens(tokens: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+        let items = tokens.try_iter().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "tokens must be an iterable of tokens (ints), not {}",
+                type_name(tokens)
+            ))
+        })?;
+        let mut out = Vec::new();
+        for item in items {
+            let item = item?;
+            if !item.is_instance_of::<PyInt>() {
+                return Err(PyTypeError::new_err(format!(
+                    "a token must be an int, not {}",
+                    type_name(&item)
+                )));
+            }
+            // A negative or huge int was never a token: say so as for any unknown one.
+            out.push(item.extract::<u64>().map_err(|_| {
+                PyValueError::new_err(
+                    crate::backend::ClaimError::NotOutstanding(0)
+                        .to_string()
+                        .replacen('0', &item.to_string(), 1),
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    fn extract_length(length: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if !length.is_instance_of::<PyInt>() {
+            return Err(PyTypeError::new_err(format!(
+                "length must be an int, not {}",
+                type_name(length)
+            )));
+        }
+        match length.extract::<i64>() {
+            Ok(v) if v >= 0 => Ok(v as usize),
+            _ => Err(PyValueError::new_err(format!(
+                "length={length} is out of range: allowed 0..={}",
+                i64::MAX
+            ))),
+        }
+    }
+
+    /// The io_uring backend: one ring per instance ("per core"), registered buffers and
+    /// files, an optional SQPOLL kernel thread. Every method is documented on
+    /// storage_io.StorageIo (help(storage_io.StorageIo)) and in the README.
+    ///
+    /// One instance may be shared by threads: no call holds the instance while it sleeps,
+    /// so a thread waiting in wait() or wait_for() holds up nobody's submissions.
     #[pyclass(name = "UringStorageIo", module = "storage_io", frozen)]
     pub struct PyUringStorageIo {
-        backend: Mutex<Option<UringBackend>>,
-        owner: u64,
+        shared: std::sync::Arc<Shared>,
         born_in_fork_generation: u64,
         core_id: usize,
         config: IoUringConfig,
@@ -619,28 +789,32 @@ mod uring {
     }
 
     impl PyUringStorageIo {
+        fn inherited(&self) -> bool {
+            fork_generation() != self.born_in_fork_generation
+        }
+
         fn check_not_inherited(&self) -> CallResult<()> {
-            if fork_generation() != self.born_in_fork_generation {
+            if self.inherited() {
                 return Err(CallError::Python(ClosedError::new_err(
-                    "this io_uring instance was inherited across fork(); its ring belongs to the \
+                    "this StorageIo instance was inherited across fork(); it belongs to the \
                      parent process: create a new instance in the child",
                 )));
             }
             Ok(())
         }
 
-        fn lock(&self) -> MutexGuard<'_, Option<UringBackend>> {
-            // A panic inside a call (a bug, reported to Python as PanicException) poisons the
-            // lock; refusing every later call would turn that one bug into a dead instance
-            // that can no longer even be closed, so keep serving.
-            self.backend
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        /// Checks that the instance is usable (not inherited, not closed) without waiting.
+        fn check_open(&self) -> CallResult<()> {
+            self.check_not_inherited()?;
+            if self.shared.is_closed() {
+                return Err(CallError::Closed);
+            }
+            Ok(())
         }
 
-        /// Runs `f` on the backend with the GIL held: for calls that do not sleep in the
-        /// kernel. When another thread holds the lock (it may be blocked in the kernel with
-        /// the GIL released), wait for the lock without the GIL, then try again.
+        /// Runs `f` on the backend with the GIL held: for calls that never sleep. The lock
+        /// is only ever held for bookkeeping; when another thread has it, wait for it without
+        /// the GIL, then try again.
         fn call<R>(
             &self,
             py: Python<'_>,
@@ -648,28 +822,42 @@ mod uring {
         ) -> CallResult<R> {
             self.check_not_inherited()?;
             loop {
-                let mut guard = match self.backend.try_lock() {
-                    Ok(guard) => guard,
-                    // Poisoned by an earlier panic: keep serving, as `lock` does.
-                    Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
-                        py.detach(|| drop(self.lock()));
-                        continue;
-                    }
-                };
-                return f(guard.as_mut().ok_or(CallError::Closed)?);
+                if let Some(access) = self.shared.try_access() {
+                    let mut failure = None;
+                    let result = access.run(|b| match f(b) {
+                        Ok(v) => Ok(Some(v)),
+                        Err(CallError::Backend(e)) => Err(e),
+                        Err(other) => {
+                            failure = Some(other);
+                            Ok(None)
+                        }
+                    });
+                    return match (result, failure) {
+                        (_, Some(e)) => Err(e),
+                        (Ok(Some(v)), None) => Ok(v),
+                        (Ok(None), None) => unreachable!("no value without a failure"),
+                        (Err(e), None) => Err(e.into()),
+                    };
+                }
+                py.detach(|| drop(self.shared.access()));
             }
         }
 
-        /// Runs `f` on the backend with the GIL released: for calls that may sleep in the
-        /// kernel, so that other threads run meanwhile.
-        fn call_blocking<R: Send>(
+        /// Runs a call that may wait, with the GIL released; a signal (or a slice of a
+        /// long wait) comes back here so that Python runs its handlers, which may raise
+        /// (KeyboardInterrupt), and the call goes on otherwise.
+        fn blocking<R: Send>(
             &self,
             py: Python<'_>,
-            f: impl FnOnce(&mut UringBackend) -> CallResult<R> + Send,
+            mut f: impl FnMut(&Shared) -> Result<R, WaitError> + Send,
         ) -> CallResult<R> {
             self.check_not_inherited()?;
-            py.detach(|| f(self.lock().as_mut().ok_or(CallError::Closed)?))
+            loop {
+                match py.detach(|| f(&self.shared)) {
+                    Err(WaitError::Interrupted) => py.check_signals()?,
+                    other => return Ok(other?),
+                }
+            }
         }
 
         fn handle(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> CallResult<Handle> {
@@ -694,8 +882,25 @@ mod uring {
             }
         }
 
-        /// Submits a write with the given placement, waiting (GIL released) for buffers
-        /// when all are in flight.
+        /// Runs a submission, waiting (GIL released) for room when there is none:
+        /// `room` = (bytes of the write, whether it is a held datasync or read).
+        fn submit_with_room(
+            &self,
+            py: Python<'_>,
+            room: (usize, bool),
+            mut f: impl FnMut(&mut UringBackend) -> CallResult<u64>,
+        ) -> CallResult<u64> {
+            loop {
+                match self.call(py, &mut f) {
+                    Err(CallError::Backend(BackendError::NoRoom)) => {
+                        self.blocking(py, |s| s.make_room(room.0, room.1))?;
+                    }
+                    other => return other,
+                }
+            }
+        }
+
+        /// Submits a write with the given placement.
         fn submit_payload(
             &self,
             py: Python<'_>,
@@ -705,32 +910,24 @@ mod uring {
         ) -> CallResult<u64> {
             let handle = self.handle(py, fd)?;
             let offset = offset.map(extract_offset);
-            loop {
-                let attempt = self.call(py, |backend| {
-                    backend.check_handle(handle)?;
-                    let payload = payload
-                        .as_ref()
-                        .map_err(|e| CallError::Python(e.clone_ref(py)))?;
-                    payload.with_slices(|parts| match &offset {
-                        Some(Ok(at)) => Ok(backend.submit_writev(handle, parts, *at)?),
-                        Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
-                        None => Ok(backend.submit_appendv(handle, parts)?),
-                    })
-                });
-                match attempt {
-                    Err(CallError::Backend(BackendError::NoRoom)) => {
-                        let len = payload.as_ref().map_or(0, Payload::len);
-                        self.call_blocking(py, |backend| Ok(backend.make_room(len)?))?;
-                    }
-                    other => return other,
-                }
-            }
+            let len = payload.as_ref().map_or(0, Payload::len);
+            self.submit_with_room(py, (len, false), |backend| {
+                backend.check_handle(handle)?;
+                let payload = payload
+                    .as_ref()
+                    .map_err(|e| CallError::Python(e.clone_ref(py)))?;
+                payload.with_slices(|parts| match &offset {
+                    Some(Ok(at)) => Ok(backend.submit_writev(handle, parts, *at)?),
+                    Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
+                    None => Ok(backend.submit_appendv(handle, parts)?),
+                })
+            })
         }
 
         fn completions(py: Python<'_>, ready: Vec<Completion>) -> PyResult<Bound<'_, PyList>> {
             let list = PyList::empty(py);
-            for (token, result) in ready {
-                list.append(new_completion(py, token, result)?)?;
+            for c in ready {
+                list.append(new_completion(py, c.token, c.result, c.data)?)?;
             }
             Ok(list)
         }
@@ -738,6 +935,9 @@ mod uring {
 
     #[pymethods]
     impl PyUringStorageIo {
+        /// Opens an io_uring instance on `core_id` with `config` (an IoUringConfig; None:
+        /// the defaults). Raises UringUnavailableError saying why when io_uring cannot be
+        /// used here, ValueError for an invalid config.
         #[new]
         #[pyo3(signature = (core_id = None, config = None))]
         fn new(
@@ -756,14 +956,17 @@ mod uring {
             Ok(Self {
                 mode: backend.manager().mode(),
                 fallback_reason: backend.manager().fallback_reason().map(str::to_string),
-                backend: Mutex::new(Some(backend)),
-                owner,
+                shared: Shared::new(backend),
                 born_in_fork_generation: born,
                 core_id,
                 config,
             })
         }
 
+        /// Registers a file, pipe or socket (an int descriptor or anything with fileno())
+        /// and returns the IoFd the submit_* calls take. The backend keeps its own
+        /// descriptor; the file's append position starts at its size. A directory raises
+        /// ValueError.
         fn register_fd(&self, py: Python<'_>, file: &Bound<'_, PyAny>) -> PyResult<PyIoFd> {
             self.call(py, |_| Ok(()))?;
             let raw = file_descriptor(file)?;
@@ -775,11 +978,15 @@ mod uring {
             })
         }
 
+        /// Waits (without the GIL) for the file's operations in flight, then closes the
+        /// backend's descriptor; their completions stay queued. The IoFd is dead afterwards.
         fn deregister_fd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
             let handle = self.handle(py, fd)?;
-            Ok(self.call_blocking(py, |b| Ok(b.deregister_fd(handle)?))?)
+            Ok(self.blocking(py, |s| s.deregister_fd(handle))?)
         }
 
+        /// Submits a write of `data` (any bytes-like object, copied before returning) at
+        /// byte `offset`; returns its token. Ignored offset on a pipe or socket.
         fn submit_write(
             &self,
             py: Python<'_>,
@@ -790,6 +997,8 @@ mod uring {
             Ok(self.submit_payload(py, fd, extract_data(data).map(Payload::One), Some(offset))?)
         }
 
+        /// Submits a write of `data` at the file's append position, which advances by
+        /// len(data) now; returns its token.
         fn submit_append(
             &self,
             py: Python<'_>,
@@ -820,62 +1029,110 @@ mod uring {
             Ok(self.submit_payload(py, fd, extract_buffers(buffers), None)?)
         }
 
+        /// Submits an fdatasync of the file; returns its token. It completes only after every
+        /// earlier write and append to the file; result 0 means they are durable.
         fn submit_datasync(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
             let handle = self.handle(py, fd)?;
-            Ok(self.call(py, |b| Ok(b.submit_datasync(handle)?))?)
+            Ok(self.submit_with_room(py, (0, true), |b| Ok(b.submit_datasync(handle)?))?)
         }
 
+        /// Submits a read of up to `length` bytes at `offset` (ignored on a pipe or socket);
+        /// returns its token. The completion's `data` holds the bytes read, fewer than
+        /// `length` only at the end of the file. It sees every write to the file submitted
+        /// before it.
+        fn submit_read(
+            &self,
+            py: Python<'_>,
+            fd: &Bound<'_, PyAny>,
+            length: &Bound<'_, PyAny>,
+            offset: &Bound<'_, PyAny>,
+        ) -> PyResult<u64> {
+            let handle = self.handle(py, fd)?;
+            let length = extract_length(length);
+            let offset = extract_offset(offset);
+            Ok(self.submit_with_room(py, (0, true), |b| {
+                b.check_handle(handle)?;
+                let length = length.as_ref().map_err(|e| e.clone_ref(py))?;
+                let offset = offset.as_ref().map_err(|e| e.clone_ref(py))?;
+                Ok(b.submit_read(handle, *length, *offset)?)
+            })?)
+        }
+
+        /// Hands queued submissions to the kernel now; returns how many submit_* calls were
+        /// made since the previous flush(), poll_completions(), wait() or wait_for().
         fn flush(&self, py: Python<'_>) -> PyResult<usize> {
-            Ok(self.call_blocking(py, |b| Ok(b.flush()?))?)
+            self.check_open()?;
+            Ok(self.blocking(py, |s| {
+                s.access().run(|b| {
+                    b.flush()?;
+                    Ok(b.take_submit_count())
+                })
+            })?)
         }
 
+        /// Returns the completions that are ready (possibly none); never blocks.
         fn poll_completions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-            let ready = self.call_blocking(py, |b| {
+            let ready = self.blocking(py, |s| {
                 let mut out = Vec::new();
-                b.poll(&mut out)?;
+                s.access().poll(&mut out)?;
                 Ok(out)
             })?;
             Self::completions(py, ready)
         }
 
+        /// Flushes, then blocks (without the GIL) until at least `min_complete` completions
+        /// are ready or `timeout` seconds pass, and returns all the ready ones. Completions
+        /// a wait_for() is waiting for are never among them.
         #[pyo3(signature = (min_complete = None, timeout = None))]
         fn wait<'py>(
             &self,
             py: Python<'py>,
             min_complete: Option<&Bound<'py, PyAny>>,
-            timeout: Option<f64>,
+            timeout: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyList>> {
+            self.check_open()?;
             let min_complete: usize =
                 min_complete.map_or(Ok(1), |v| config_int("min_complete", v))?;
-            let deadline = match timeout {
-                Some(t) if !(t >= 0.0 && t.is_finite()) => {
-                    return Err(PyValueError::new_err(format!(
-                        "timeout={t} is out of range: allowed None or a finite number >= 0"
-                    )));
+            let deadline = deadline_from(timeout)?;
+            let mut out = Vec::new();
+            self.blocking(py, |s| s.wait(min_complete, deadline, &mut out))?;
+            Self::completions(py, out)
+        }
+
+        /// Blocks (without the GIL) until every token in `tokens` has completed, and returns
+        /// exactly their completions, in the order of `tokens`; other completions stay
+        /// queued. A token that is unknown, already handed back, listed twice or waited for
+        /// by another wait_for() raises ValueError. After `timeout` seconds it raises
+        /// TimeoutError and hands back nothing (timeout=0 makes it a non-blocking probe).
+        #[pyo3(signature = (tokens, timeout = None))]
+        fn wait_for<'py>(
+            &self,
+            py: Python<'py>,
+            tokens: &Bound<'py, PyAny>,
+            timeout: Option<&Bound<'py, PyAny>>,
+        ) -> PyResult<Bound<'py, PyList>> {
+            self.check_open()?;
+            let tokens = extract_tokens(tokens)?;
+            let deadline = deadline_from(timeout)?;
+            self.blocking(py, |s| s.claim(&tokens))?;
+            let result = self.blocking(py, |s| match s.wait_claimed(&tokens, deadline) {
+                Err(WaitError::TimedOut) => Ok(None),
+                other => other.map(Some),
+            });
+            match result {
+                Ok(Some(done)) => Self::completions(py, done),
+                Ok(None) => {
+                    let finished = self.shared.withdraw(&tokens);
+                    let shown = timeout.map_or_else(|| "None".to_string(), |t| t.to_string());
+                    Err(pyo3::exceptions::PyTimeoutError::new_err(format!(
+                        "wait_for: {} of {} tokens still not complete after {shown} s",
+                        tokens.len() - finished,
+                        tokens.len()
+                    )))
                 }
-                // A timeout too long to represent waits as long as no timeout does.
-                Some(t) => Duration::try_from_secs_f64(t)
-                    .ok()
-                    .and_then(|d| std::time::Instant::now().checked_add(d)),
-                None => None,
-            };
-            loop {
-                let remaining =
-                    deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-                let attempt = self.call_blocking(py, |b| {
-                    let mut out = Vec::new();
-                    b.wait(min_complete, remaining, &mut out)?;
-                    Ok(out)
-                });
-                match attempt {
-                    Err(CallError::Backend(BackendError::Os(e)))
-                        if e.kind() == std::io::ErrorKind::Interrupted =>
-                    {
-                        // A signal: let Python run its handler (which may raise, e.g.
-                        // KeyboardInterrupt; the completions stay queued for the next call).
-                        py.check_signals()?;
-                    }
-                    other => return Self::completions(py, other?),
+                Err(e) => {
+                    self.shared.withdraw(&tokens);
+                    Err(e.into())
                 }
             }
         }
@@ -897,28 +1154,24 @@ mod uring {
             Ok(self.call(py, |b| Ok(b.unregister_eventfd()?))?)
         }
 
+        /// How many submitted operations have not been handed back yet.
         fn pending_count(&self, py: Python<'_>) -> PyResult<usize> {
             Ok(self.call(py, |b| Ok(b.pending_count()))?)
         }
 
-        /// Waits for everything in flight, then releases the ring, buffers and descriptors.
-        /// Closing twice is harmless.
+        /// Waits (without the GIL) for everything in flight, then releases the ring, buffers
+        /// and descriptors. Closing twice is harmless; threads waiting in wait() or
+        /// wait_for() get ClosedError.
         fn close(&self, py: Python<'_>) -> PyResult<()> {
-            self.check_not_inherited()?;
-            let result = py.detach(|| {
-                let taken = self.lock().take();
-                match taken {
-                    Some(mut backend) => backend.close(),
-                    None => Ok(()),
-                }
-            });
-            result.map_err(|e| os_error(&e))
+            Ok(self.blocking(py, |s| s.close())?)
         }
 
+        /// Returns the instance itself: `with UringStorageIo() as io:` closes it at the end.
         fn __enter__(slf: Py<Self>) -> Py<Self> {
             slf
         }
 
+        /// Closes the instance (see close()); exceptions propagate.
         #[pyo3(signature = (*_args))]
         fn __exit__(
             &self,
@@ -929,6 +1182,7 @@ mod uring {
             Ok(false)
         }
 
+        /// "uring-sqpoll" or "uring": the ring mode this instance got.
         #[getter]
         fn backend(&self) -> &'static str {
             match self.mode {
@@ -937,21 +1191,25 @@ mod uring {
             }
         }
 
+        /// The ring mode this instance got (SQPOLL may fall back to STANDARD).
         #[getter]
         fn mode(&self) -> PyRingMode {
             self.mode.into()
         }
 
+        /// Why the instance is not in the mode asked for (SQPOLL refused), or None.
         #[getter]
         fn fallback_reason(&self) -> Option<String> {
             self.fallback_reason.clone()
         }
 
+        /// The core_id given at construction.
         #[getter]
         fn core_id(&self) -> usize {
             self.core_id
         }
 
+        /// The IoUringConfig this instance was built with.
         #[getter]
         fn config(&self) -> PyIoUringConfig {
             PyIoUringConfig {
@@ -959,11 +1217,15 @@ mod uring {
             }
         }
 
+        /// True once close() has started, or in a child that inherited the instance across
+        /// fork(). Never blocks.
         #[getter]
         fn closed(&self) -> bool {
-            fork_generation() != self.born_in_fork_generation || self.lock().is_none()
+            self.inherited() || self.shared.is_closed()
         }
 
+        /// Counters of this instance: the caller's operations (submitted, completed, failed,
+        /// bytes_written) and how they travelled (ring operations, syscalls, SQEs...).
         fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let (m, ops, (syncs_in_caller, writes_in_caller)) = self.call(py, |b| {
                 Ok((b.metrics(), b.operation_counts(), b.work_in_caller()))
@@ -990,28 +1252,29 @@ mod uring {
 
         fn __repr__(&self) -> String {
             format!(
-                "UringStorageIo(core_id={}, backend={:?}, owner={})",
-                self.core_id,
+                "UringStorageIo(backend='{}', core_id={}, closed={})",
                 self.backend(),
-                self.owner
+                self.core_id,
+                if self.closed() { "True" } else { "False" }
             )
         }
     }
 
     impl Drop for PyUringStorageIo {
         fn drop(&mut self) {
-            let backend = self
-                .backend
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            if fork_generation() != self.born_in_fork_generation {
+            if self.inherited() {
                 // The parent's ring and buffers: this process must neither wait on nor
                 // unregister them. Leak our copy; the process image goes with exit.
-                std::mem::forget(backend);
-            } else if let Some(mut backend) = backend {
-                let _ = backend.close();
+                std::mem::forget(self.shared.clone());
+                return;
             }
+            // Dropped without close(): wait for the I/O in flight (nothing is lost), but
+            // without the GIL, so that a Python thread that has to act for it to finish
+            // (drain a pipe, say) can.
+            let shared = &self.shared;
+            Python::attach(|py| {
+                py.detach(|| while let Err(WaitError::Interrupted) = shared.close() {})
+            });
         }
     }
 

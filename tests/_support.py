@@ -186,3 +186,93 @@ def parse_thread_records(data: bytes) -> list[tuple[int, int]]:
         out.append((tid, seq))
         pos += head_len + length + 2
     return out
+
+
+# -- second round (API.md "Second round") -------------------------------------------------
+
+# Long enough for any liveness check on a loaded machine; a hang fails the test instead of
+# blocking the suite.
+LIVENESS_TIMEOUT_S = 20.0
+
+
+def wait_for_all(io: Any, tokens: list[int], timeout: float = DRAIN_DEADLINE_S) -> list:
+    """`io.wait_for(tokens)` with a deadline: a lost completion fails instead of hanging."""
+    try:
+        return io.wait_for(tokens, timeout=timeout)
+    except TimeoutError as exc:
+        pytest.fail(f"completions never arrived: {exc}")
+
+
+def register_pipe(io: Any) -> tuple[Any, Any, int, int]:
+    """A pipe registered at both ends: (read handle, write handle, the caller's read end,
+    the caller's write end). The caller closes its ends (`close_quietly`)."""
+    r, w = os.pipe()
+    return io.register_fd(r), io.register_fd(w), r, w
+
+
+def close_quietly(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def read_exactly(fd: int, size: int, timeout: float = LIVENESS_TIMEOUT_S) -> bytes:
+    """Read `size` bytes from a (blocking) pipe end, failing the test at end of stream or
+    after `timeout` seconds."""
+    import select
+
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while len(out) < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            pytest.fail(f"only {len(out)} of {size} bytes arrived within {timeout} s")
+        chunk = os.read(fd, min(size - len(out), 1 << 20))
+        if not chunk:
+            pytest.fail(f"end of stream after {len(out)} of {size} bytes")
+        out += chunk
+    return bytes(out)
+
+
+# A backend built in a child process the way conftest.build_backend builds it in the test
+# process (the test builds one there first, so that an unavailable backend skips there).
+CHILD_PRELUDE = r"""
+import gc, json, os, sys, threading, time
+from storage_io import (
+    BufferExhaustedError, IoUringConfig, QueueFullError, RingMode, SyncStorageIo,
+    UringStorageIo,
+)
+
+KIND = sys.argv[1]
+
+def make_io(**config):
+    if KIND == "sync":
+        return SyncStorageIo()
+    mode = RingMode.SQPOLL if KIND == "uring-sqpoll" else RingMode.STANDARD
+    return UringStorageIo(config=IoUringConfig(mode=mode, **config))
+"""
+
+
+def run_child(kind: str, body: str, timeout: float = 60.0, *args: str) -> str:
+    """Run `CHILD_PRELUDE + body` in a fresh interpreter for backend `kind` (extra `args`
+    follow it in sys.argv); return its stdout. A hang (the process outlives `timeout`) or
+    a non-zero exit fails the test with what the child printed."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD_PRELUDE + body, kind, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        hung = f"child process hung (killed after {timeout} s); it printed: {exc.stdout!r}"
+    else:
+        if proc.returncode != 0:
+            pytest.fail(f"child exited with {proc.returncode}: {proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+    pytest.fail(hung)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from storage_io import IoCompletion, Wal
-from storage_io.wal import _wait_for
 
 
 def payload_for(lsn: int, size: int | None = None) -> bytes:
@@ -70,7 +69,7 @@ class WrappedIo:
     def wait_for(self, tokens: list[int], timeout: float | None = None) -> list[Any]:
         if not self.gate.wait(timeout):
             raise TimeoutError("held back by the test")
-        return self._fix(_wait_for(self.inner, tokens, timeout))
+        return self._fix(self.inner.wait_for(tokens, timeout))
 
     def poll_completions(self) -> list[Any]:
         return self._fix(self.inner.poll_completions())

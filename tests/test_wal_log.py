@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from _wal_support import payload_for, replayed, segment_files
-from conftest import build_backend
 
 import storage_io
+from _wal_support import payload_for, replayed, segment_files
+from conftest import build_backend
 from storage_io import ClosedError, StorageIo, Wal, WalError
 from storage_io.wal import WalRecovery
 
@@ -334,3 +334,27 @@ def test_poll_advances_the_durable_lsn_without_blocking(make_io, log_dir):
             time.sleep(0.001)
         assert wal.durable_lsn == lsn
         assert wal.poll() == lsn
+
+
+def test_durable_lsn_advances_after_commit_without_another_call(make_io, log_dir):
+    import time
+
+    with Wal.open(log_dir, io=make_io()) as wal:
+        lsn = wal.append(b"committed, never waited for")
+        wal.commit()
+        deadline = time.monotonic() + 10
+        while wal.durable_lsn < lsn:
+            assert time.monotonic() < deadline, "durable_lsn never moved after commit()"
+            time.sleep(0.001)
+
+
+def test_a_log_dropped_without_close_releases_its_lock(make_io, log_dir):
+    import gc
+
+    wal = Wal.open(log_dir, io=make_io())
+    wal.append(b"x")
+    wal.sync()
+    del wal
+    gc.collect()
+    with Wal.open(log_dir, io=make_io()) as again:
+        assert again.last_lsn == 1

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from _wal_support import file_hashes, payload_for, replayed, segment_files
 
+from _wal_support import file_hashes, payload_for, replayed, segment_files
 from storage_io import Wal, WalCorruptionError
 
 RECORD_HEADER = 16

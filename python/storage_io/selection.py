@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ._native import IoUringConfig, RingMode, UringStorageIo, UringUnavailableError
@@ -11,6 +12,10 @@ from .sync_backend import SyncStorageIo
 __all__ = ["open_storage_io"]
 
 BACKENDS = ("auto", "uring", "sync")
+
+# Fallbacks are logged at WARNING (once per open_storage_io() call, with the reason, as in
+# `.fallback_reason`); choices made for the machine at INFO.
+logger = logging.getLogger("storage_io")
 
 # An SQPOLL kernel thread spins on a core of its own while it has work (and for
 # sqpoll_idle_ms after). Below this many usable CPUs that core is taken from the
@@ -56,7 +61,10 @@ def open_storage_io(
     privileges), the ring runs in STANDARD mode and ``.fallback_reason`` says why.
 
     ``.backend`` on the result tells what you got: ``"uring-sqpoll"``, ``"uring"`` or
-    ``"sync"``.
+    ``"sync"``. A fallback (to the sync backend, or from SQPOLL to STANDARD) is also logged,
+    once, as a WARNING on the ``storage_io`` logger with the reason; a choice made for the
+    machine (STANDARD on few CPUs, a smaller buffer pool under a low ``RLIMIT_MEMLOCK``) is
+    logged at INFO.
     """
     if backend not in BACKENDS:
         raise ValueError(
@@ -66,14 +74,21 @@ def open_storage_io(
         return SyncStorageIo()
     try:
         if config is None:
-            return _uring_with_defaults_that_fit(core_id)
-        return UringStorageIo(core_id, config)
+            io: StorageIo = _uring_with_defaults_that_fit(core_id)
+        else:
+            io = UringStorageIo(core_id, config)
     except UringUnavailableError as err:
         if backend == "uring":
             raise
         fallback = SyncStorageIo()
         fallback.fallback_reason = str(err)
+        logger.warning("io_uring cannot be used, falling back to the sync backend: %s", err)
         return fallback
+    if io.fallback_reason:
+        logger.warning(
+            "SQPOLL was not granted, io_uring runs in STANDARD mode: %s", io.fallback_reason
+        )
+    return io
 
 
 def _uring_with_defaults_that_fit(core_id: int) -> UringStorageIo:
@@ -83,14 +98,29 @@ def _uring_with_defaults_that_fit(core_id: int) -> UringStorageIo:
     buffer size that still fits, halving down to `MIN_BUFFERS_UNDER_MEMLOCK` buffers.
     Check ``.config.buffer_count`` to see which one you got."""
     mode = default_ring_mode()
-    count = IoUringConfig().buffer_count
+    wanted = count = IoUringConfig().buffer_count
     while True:
         try:
-            return UringStorageIo(core_id, IoUringConfig(mode=mode, buffer_count=count))
+            io = UringStorageIo(core_id, IoUringConfig(mode=mode, buffer_count=count))
         except UringUnavailableError as err:
             if "RLIMIT_MEMLOCK" not in str(err) or count // 2 < MIN_BUFFERS_UNDER_MEMLOCK:
                 raise
             count //= 2
+            continue
+        if mode == RingMode.STANDARD:
+            logger.info(
+                "io_uring in STANDARD mode: %d usable CPUs, fewer than the %d an SQPOLL "
+                "kernel thread needs to have one to spare",
+                usable_cpu_count(),
+                MIN_CPUS_FOR_SQPOLL,
+            )
+        if count != wanted:
+            logger.info(
+                "RLIMIT_MEMLOCK too low for %d registered buffers: using a pool of %d",
+                wanted,
+                count,
+            )
+        return io
 
 
 # Fewer buffers than this and write combining has little room to work: fall back instead.

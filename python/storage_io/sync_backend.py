@@ -1,29 +1,44 @@
 """`SyncStorageIo`: the portable backend, in pure Python.
 
-It does each operation inline at submission (``os.pwrite``, ``os.fdatasync``) and queues
-its completion for the next `poll_completions()`/`wait()`. Doing the I/O inline makes the
-ordering guarantees hold by construction: a datasync runs after every earlier write to the
-file because those writes have already returned.
+On a regular file it does each operation inline at submission (``os.pwrite``,
+``os.pread``, ``os.fdatasync``) and queues its completion for the next
+`poll_completions()`/`wait()`/`wait_for()`. Doing the I/O inline makes the ordering
+guarantees hold by construction: a datasync runs after every earlier write to the file
+because those writes have already returned.
 
-The submit path is measured against a plain ``os.pwrite`` loop, so it avoids work the
-answer does not need: bytes take a fast path, the handle is looked up with one dict access,
-and the ``submitted``/``completed`` counters are derived from the token counter instead of
-being counted per call.
+A stream (a pipe, a socket, a terminal: anything ``lseek`` refuses) cannot be written inline:
+a write into a full pipe would block the submitting thread until someone reads it. Its
+operations go to a worker thread of that registration instead, which performs them one at a
+time, in submission order, each whole, and completes them when done; `wait()` and
+`wait_for()` sleep on a condition variable, holding neither the GIL nor the instance lock,
+so the other threads' calls go on meanwhile.
+
+The submit path for regular files is measured against a plain ``os.pwrite`` loop, so it
+avoids work the answer does not need: bytes take a fast path, the handle is looked up with
+one dict access, the ``submitted``/``completed`` counters and the count `flush()` returns are
+derived from the token counter instead of being counted per call, and an instance inherited
+across ``fork()`` is caught by the ``closed`` check every call makes anyway (a fork handler
+marks it), not by a per-call pid check.
 """
 
 from __future__ import annotations
 
 import errno
-import operator
 import os
+import select
+import stat
 import threading
-from typing import TYPE_CHECKING
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ._native import (
     BadFdError,
     ClosedError,
     IoCompletion,
     IoFd,
+    QueueFullError,
     descriptor_for_writes,
     new_instance_id,
 )
@@ -44,28 +59,56 @@ _pwrite = os.pwrite
 _datasync = getattr(os, "fdatasync", os.fsync)
 _MAX_OFFSET = 2**63 - 1  # off_t
 _INFINITY = float("inf")
+# One read asks the kernel for at most this much: os.pread allocates the whole length up
+# front, and a caller may well ask for "everything" with a huge length.
+_READ_CHUNK = 64 * 1024 * 1024
+
+# Bounds of one stream registration's queue (API.md "Bounded memory"): past them submit_*
+# raises QueueFullError. One operation of any size is accepted when nothing is queued.
+STREAM_MAX_OPERATIONS = 1024
+STREAM_MAX_BYTES = 64 * 1024 * 1024
+
+# Messages shared with the io_uring backend, word for word (API.md "Same behaviour").
+_CLOSED = "this StorageIo instance is closed"
+_INHERITED = (
+    "this StorageIo instance was inherited across fork(); it belongs to the parent process: "
+    "create a new instance in the child"
+)
+
+_WRITE, _READ, _SYNC = 0, 1, 2
+
+
+class _Stream:
+    """The queue of a stream registration's operations and the state of its worker."""
+
+    __slots__ = ("operations", "queued_bytes", "running")
+
+    def __init__(self) -> None:
+        # (token, kind, payload): the bytes of a write, the length of a read, None for a
+        # datasync. The operation being performed stays at the head until it completes.
+        self.operations: deque[tuple[int, int, Any]] = deque()
+        self.queued_bytes = 0
+        self.running = False
 
 
 class _RegisteredFile:
-    """The backend's side of one registration: its own descriptor and append position."""
+    """The backend's side of one registration: its own descriptor and append position,
+    for a stream the queue its worker runs, and how many datasyncs are running on it
+    outside the lock (its descriptor stays open until they are done)."""
 
-    __slots__ = ("descriptor", "append_position", "slot")
+    __slots__ = ("descriptor", "append_position", "slot", "stream", "syncing")
 
-    def __init__(self, descriptor: int, append_position: int, slot: int) -> None:
+    def __init__(
+        self, descriptor: int, append_position: int, slot: int, stream: _Stream | None
+    ) -> None:
         self.descriptor = descriptor
         self.append_position = append_position
         self.slot = slot
+        self.stream = stream
+        self.syncing = 0
 
 
-def _closed_error() -> ClosedError:
-    return ClosedError("this SyncStorageIo is closed")
-
-
-def _bad_fd_error(fd: object) -> BadFdError:
-    return BadFdError(
-        f"{fd!r} is not a registered IoFd of this instance: pass the handle register_fd() "
-        "returned, before deregister_fd()"
-    )
+# -- argument checks (messages as on the io_uring backend) ---------------------------------
 
 
 def _as_bytes_like(data: object) -> tuple[Buffer, int]:
@@ -83,17 +126,69 @@ def _as_bytes_like(data: object) -> tuple[Buffer, int]:
     return view, view.nbytes
 
 
-def _as_offset(offset: object) -> int:
-    if type(offset) is int:
-        value = offset
-    else:
-        try:
-            value = operator.index(offset)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"offset must be an int, not {type(offset).__name__}") from None
+def _as_position(name: str, value: object) -> int:
+    """An offset or a length: an int in 0..=2**63-1."""
+    if not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not 0 <= value <= _MAX_OFFSET:
-        raise ValueError(f"offset must be in 0..{_MAX_OFFSET}, got {value}")
-    return value
+        raise ValueError(f"{name}={value} is out of range: allowed 0..={_MAX_OFFSET}")
+    return int(value)
+
+
+def _as_offset(offset: object) -> int:
+    return _as_position("offset", offset)
+
+
+def _as_min_complete(min_complete: object) -> int:
+    if not isinstance(min_complete, int):
+        raise TypeError(f"min_complete must be an int, not {type(min_complete).__name__}")
+    if not 0 <= min_complete <= _MAX_OFFSET:
+        raise ValueError(f"min_complete={min_complete} is out of range")
+    return int(min_complete)
+
+
+def _deadline(timeout: object) -> float | None:
+    """The monotonic time at which a wait with `timeout` seconds gives up (None: never)."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be None or a number of seconds, not {type(timeout).__name__}"
+        )
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float
+        seconds = _INFINITY
+    if not 0 <= seconds < _INFINITY:
+        raise ValueError(f"timeout={timeout} is out of range: allowed None or a finite number >= 0")
+    return time.monotonic() + seconds
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """Seconds left until `deadline` (None: no limit), capped to what a lock can wait."""
+    if deadline is None:
+        return None
+    return min(deadline - time.monotonic(), threading.TIMEOUT_MAX)
+
+
+def _as_tokens(tokens: object) -> list[int]:
+    try:
+        items = list(tokens)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"tokens must be an iterable of tokens (ints), not {type(tokens).__name__}"
+        ) from None
+    seen: set[int] = set()
+    for token in items:
+        if not isinstance(token, int):
+            raise TypeError(f"a token must be an int, not {type(token).__name__}")
+        if token in seen:
+            raise ValueError(f"token {token} appears more than once in tokens")
+        seen.add(token)
+    return items
+
+
+# -- the I/O itself --------------------------------------------------------------------------
 
 
 def _finish_short_write(descriptor: int, data: Buffer, size: int, written: int, offset: int) -> int:
@@ -166,26 +261,140 @@ def _write_vector(descriptor: int, views: list[Buffer], total: int, offset: int)
         return -(err.errno or errno.EIO)
 
 
-class SyncStorageIo(StorageIo):
-    """The portable backend: performs each operation inline at submission and returns its
-    completion on the next `poll_completions()` or `wait()`.
+def _read_file(descriptor: int, length: int, offset: int) -> tuple[int, bytes | None]:
+    """Read `length` bytes at `offset`, continuing short reads until `length` or end of
+    file; return (bytes read, the bytes), or (negative errno, None)."""
+    parts: list[bytes] = []
+    done = 0
+    try:
+        while done < length:
+            part = os.pread(descriptor, min(length - done, _READ_CHUNK), offset + done)
+            if not part:
+                break  # end of file
+            parts.append(part)
+            done += len(part)
+    except OSError as err:
+        return -(err.errno or errno.EIO), None
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    return done, data
 
-    Works wherever Python has ``os.pwrite``; it never blocks in `wait()`, because everything
-    submitted has already completed. See `StorageIo` for the methods.
+
+def _until_ready(descriptor: int, events: int) -> None:
+    """Sleep until a non-blocking stream descriptor is ready for `events`."""
+    poller = select.poll()
+    poller.register(descriptor, events)
+    poller.poll()
+
+
+def _write_stream(descriptor: int, data: bytes) -> int:
+    """Write all of `data` to a stream; return its size or the negative errno."""
+    view = memoryview(data)
+    written = 0
+    try:
+        while written < len(view):
+            try:
+                step = os.write(descriptor, view[written:])
+            except BlockingIOError:  # an O_NONBLOCK descriptor that is full
+                _until_ready(descriptor, select.POLLOUT)
+                continue
+            if step == 0:
+                return -errno.EIO
+            written += step
+    except OSError as err:
+        return -(err.errno or errno.EIO)
+    return written
+
+
+def _read_stream(descriptor: int, length: int) -> tuple[int, bytes | None]:
+    """Read `length` bytes from a stream, or fewer at end of stream."""
+    parts: list[bytes] = []
+    done = 0
+    try:
+        while done < length:
+            try:
+                part = os.read(descriptor, min(length - done, _READ_CHUNK))
+            except BlockingIOError:  # an O_NONBLOCK descriptor with nothing to read yet
+                _until_ready(descriptor, select.POLLIN)
+                continue
+            if not part:
+                break  # the writer closed: end of stream
+            parts.append(part)
+            done += len(part)
+    except OSError as err:
+        return -(err.errno or errno.EIO), None
+    return done, parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _perform_stream_operation(descriptor: int, kind: int, payload: Any) -> tuple[int, Any]:
+    """Run one queued stream operation; return (result, data of a read)."""
+    if kind == _WRITE:
+        return (_write_stream(descriptor, payload) if payload else 0), None
+    if kind == _READ:
+        return _read_stream(descriptor, payload) if payload else (0, b"")
+    try:
+        _datasync(descriptor)
+    except OSError as err:  # EINVAL on a pipe or socket, as io_uring reports it
+        return -(err.errno or errno.EIO), None
+    return 0, None
+
+
+def _is_stream(descriptor: int, mode: int) -> bool:
+    """Whether writes to `descriptor` ignore offsets (lseek refuses it: ESPIPE)."""
+    if stat.S_ISREG(mode):
+        return False
+    try:
+        os.lseek(descriptor, 0, os.SEEK_CUR)
+    except OSError as err:
+        if err.errno == errno.ESPIPE:
+            return True
+        raise
+    return False
+
+
+# -- fork ------------------------------------------------------------------------------------
+
+_live_instances: weakref.WeakSet[SyncStorageIo] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_live_instances):
+        instance._inherited_by_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class SyncStorageIo(StorageIo):
+    """The portable backend: performs each operation on a regular file inline at
+    submission, and each operation on a pipe or socket in a worker thread of its own, and
+    returns the completions from `poll_completions()`, `wait()` and `wait_for()`.
+
+    Works wherever Python has ``os.pwrite``. See `StorageIo` for the methods; they behave
+    (and fail, with the same messages) as on `UringStorageIo`.
     """
 
     __slots__ = (
         "fallback_reason",
         "_lock",
+        "_cond",
         "_closed",
+        "_inherited",
         "_instance_id",
         "_next_token",
+        "_flushed_upto",
         "_ready",
+        "_ready_by_token",
+        "_in_flight",
+        "_claimed",
+        "_waiters",
         "_files",
+        "_streams",
         "_generations",
         "_free_slots",
         "_failed",
         "_bytes_written",
+        "_bytes_read",
         "__weakref__",
     )
 
@@ -194,52 +403,94 @@ class SyncStorageIo(StorageIo):
     def __init__(self) -> None:
         self.fallback_reason = None
         self._lock = threading.Lock()
+        # Waiters (wait, wait_for, deregister_fd and close of a stream) sleep on this: it
+        # releases the lock, so the other threads' calls go on meanwhile.
+        self._cond = threading.Condition(self._lock)
         self._closed = False
+        self._inherited = False
         self._instance_id = new_instance_id()
         self._next_token = 1
+        self._flushed_upto = 1  # the token counter at the last flush/poll/wait/wait_for
+        # Completed and not handed back, in completion order: the newest in a list (an
+        # append is what the hot path can afford), the older ones indexed by token once a
+        # wait_for() needs to find them (`_index_ready`).
         self._ready: list[IoCompletion] = []
+        self._ready_by_token: dict[int, IoCompletion] = {}
+        self._in_flight: set[int] = set()  # stream operations not completed yet
+        self._claimed: set[int] = set()  # tokens some wait_for() is waiting for
+        self._waiters = 0  # threads in wait(): inline completions wake them
         # Keyed by the IoFd itself: one hash and compare (owner, slot, generation) both
         # finds the file and rejects handles of other instances or earlier registrations.
+        # Streams apart, so that the submit path of a regular file never asks which it is.
         self._files: dict[IoFd, _RegisteredFile] = {}
+        self._streams: dict[IoFd, _RegisteredFile] = {}
         self._generations: list[int] = []  # per slot; bumped when the slot is freed
         self._free_slots: list[int] = []
         self._failed = 0
         self._bytes_written = 0
+        self._bytes_read = 0
+        _live_instances.add(self)
 
     # -- identity ---------------------------------------------------------------------
 
     @property
     def backend(self) -> str:
+        """``"sync"``."""
         return "sync"
 
     @property
     def closed(self) -> bool:
+        """True once `close()` has been called, or in a child process that inherited this
+        instance across ``fork()``. Never waits for another thread's call."""
         return self._closed
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"files={len(self._files)}"
-        return f"<SyncStorageIo {state} pending={len(self._ready)}>"
+        return f"SyncStorageIo(backend='sync', closed={self._closed})"
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(_INHERITED if self._inherited else _CLOSED)
+
+    def _inherited_by_child(self) -> None:
+        """In a child after fork(): refuse every call, and let go of the descriptors this
+        process got copies of (they stay open in the parent)."""
+        # The parent's lock may have been held by a thread that does not exist here.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        was_open = not self._closed
+        self._closed = True
+        self._inherited = True
+        self._ready = []
+        self._ready_by_token = {}
+        self._in_flight = set()
+        if was_open:
+            records = [*self._files.values(), *self._streams.values()]
+            self._files.clear()
+            self._streams.clear()
+            for record in records:
+                try:
+                    os.close(record.descriptor)
+                except OSError:
+                    pass
 
     # -- files ------------------------------------------------------------------------
 
     def register_fd(self, file: int | HasFileno) -> IoFd:
         with self._lock:
             if self._closed:
-                raise _closed_error()
-            if isinstance(file, int):
-                source = file
-            elif hasattr(file, "fileno"):
-                source = file.fileno()
-            else:
-                raise TypeError(
-                    f"file must be an int descriptor or have a fileno() method, "
-                    f"not {type(file).__name__}"
-                )
+                raise self._closed_error()
             # A duplicate, or for an O_APPEND descriptor (whose writes would ignore their
-            # offsets) a reopening without O_APPEND; OSError(EBADF) for one not open.
-            descriptor = descriptor_for_writes(source)
+            # offsets) a reopening without O_APPEND; TypeError for something that is not a
+            # descriptor, OSError(EBADF) for one not open.
+            descriptor = descriptor_for_writes(file)
             try:
-                size = os.fstat(descriptor).st_size
+                status = os.fstat(descriptor)
+                if stat.S_ISDIR(status.st_mode):
+                    number = file if isinstance(file, int) else file.fileno()
+                    raise ValueError(
+                        f"file descriptor {number} is a directory: register a file, a pipe "
+                        "or a socket"
+                    )
+                stream = _Stream() if _is_stream(descriptor, status.st_mode) else None
             except BaseException:
                 os.close(descriptor)
                 raise
@@ -249,27 +500,43 @@ class SyncStorageIo(StorageIo):
                 slot = len(self._generations)
                 self._generations.append(0)
             handle = IoFd(self._instance_id, slot, self._generations[slot])
-            self._files[handle] = _RegisteredFile(descriptor, size, slot)
+            size = status.st_size if stream is None else 0
+            registered = self._files if stream is None else self._streams
+            registered[handle] = _RegisteredFile(descriptor, size, slot, stream)
             return handle
 
     def deregister_fd(self, fd: IoFd) -> None:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             record = self._lookup(fd)
-            del self._files[fd]
+            del (self._files if record.stream is None else self._streams)[fd]
             self._generations[record.slot] += 1
             self._free_slots.append(record.slot)
-            # Nothing is in flight: every operation finished when it was submitted.
+            # A regular file's writes finished when they were submitted, but a datasync may
+            # still run; a stream's worker may still be busy: wait for them, lock released.
+            stream = record.stream
+            while record.syncing or (stream is not None and stream.running):
+                self._cond.wait()
             os.close(record.descriptor)
 
+    def _bad_fd_error(self, fd: object) -> BadFdError:
+        if not isinstance(fd, IoFd):
+            return BadFdError(f"expected an IoFd from register_fd(), got {type(fd).__name__}")
+        if fd.owner != self._instance_id:
+            return BadFdError(f"{fd!r} belongs to another StorageIo instance")
+        return BadFdError(f"{fd!r} is not registered (deregistered or never issued)")
+
     def _lookup(self, fd: object) -> _RegisteredFile:
+        """The registration of `fd`, a regular file or a stream; BadFdError otherwise."""
         try:
             record: _RegisteredFile | None = self._files.get(fd)  # type: ignore[call-overload]
+            if record is None:
+                record = self._streams.get(fd)  # type: ignore[call-overload]
         except TypeError:  # unhashable
             record = None
         if record is None:
-            raise _bad_fd_error(fd)
+            raise self._bad_fd_error(fd)
         return record
 
     # -- submissions ------------------------------------------------------------------
@@ -281,13 +548,13 @@ class SyncStorageIo(StorageIo):
     def submit_write(self, fd: IoFd, data: Buffer, offset: int) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             try:
                 record = self._files.get(fd)
             except TypeError:  # unhashable, so not an IoFd
                 record = None
             if record is None:
-                raise _bad_fd_error(fd)
+                return self._write_to_stream(fd, data, offset)
             if type(data) is bytes:
                 size = len(data)
             else:
@@ -307,18 +574,20 @@ class SyncStorageIo(StorageIo):
             else:
                 self._failed += 1
             self._ready.append(IoCompletion(token, result))
+            if self._waiters:
+                self._cond.notify_all()
             return token
 
     def submit_append(self, fd: IoFd, data: Buffer) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             try:
                 record = self._files.get(fd)
             except TypeError:  # unhashable, so not an IoFd
                 record = None
             if record is None:
-                raise _bad_fd_error(fd)
+                return self._write_to_stream(fd, data, None)
             if type(data) is bytes:
                 size = len(data)
             else:
@@ -340,12 +609,23 @@ class SyncStorageIo(StorageIo):
             else:
                 self._failed += 1
             self._ready.append(IoCompletion(token, result))
+            if self._waiters:
+                self._cond.notify_all()
             return token
+
+    def _write_to_stream(self, fd: object, data: object, offset: object) -> int:
+        """submit_write/submit_append for a handle that is not a regular file's: queue it
+        for the stream's worker, or raise what the regular path would (same order)."""
+        record = self._lookup(fd)
+        data, size = _as_bytes_like(data)
+        if offset is not None:
+            _as_offset(offset)  # checked, then ignored: a stream has no offsets
+        return self._queue_on_stream(record, _WRITE, bytes(data), size)
 
     def submit_writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             record = self._lookup(fd)
             views, size = _as_buffers(buffers)
             offset = _as_offset(offset)
@@ -354,109 +634,314 @@ class SyncStorageIo(StorageIo):
     def submit_appendv(self, fd: IoFd, buffers: Iterable[Buffer]) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             record = self._lookup(fd)
             views, size = _as_buffers(buffers)
             offset = record.append_position
-            record.append_position = offset + size
+            if record.stream is None:
+                record.append_position = offset + size
             return self._finish_vector(record, views, size, offset)
 
     def _finish_vector(
         self, record: _RegisteredFile, views: list[Buffer], size: int, offset: int
     ) -> int:
+        if record.stream is not None:
+            return self._queue_on_stream(record, _WRITE, b"".join(views), size)
         result = _write_vector(record.descriptor, views, size, offset)
-        token = self._next_token
-        self._next_token = token + 1
         if result >= 0:
             self._bytes_written += result
         else:
             self._failed += 1
-        self._ready.append(IoCompletion(token, result))
-        return token
+        return self._complete_inline(result, None)
 
-    def submit_datasync(self, fd: IoFd) -> int:
+    def submit_read(self, fd: IoFd, length: int, offset: int) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             record = self._lookup(fd)
-            try:
-                _datasync(record.descriptor)
-                result = 0
-            except OSError as err:
-                result = -(err.errno or errno.EIO)
+            length = _as_position("length", length)
+            offset = _as_offset(offset)
+            if record.stream is not None:
+                return self._queue_on_stream(record, _READ, length, 0)
+            result, data = _read_file(record.descriptor, length, offset)
+            if result >= 0:
+                self._bytes_read += result
+            else:
                 self._failed += 1
+            return self._complete_inline(result, data)
+
+    def submit_datasync(self, fd: IoFd) -> int:
+        # The fdatasync runs in the caller, like a write, but without the lock: it may take
+        # a long time (seconds on a busy disk), and every write it must cover has already
+        # returned. Meanwhile its token is in flight, and the descriptor stays open.
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            record = self._lookup(fd)
+            if record.stream is not None:
+                return self._queue_on_stream(record, _SYNC, None, 0)
             token = self._next_token
             self._next_token = token + 1
+            self._in_flight.add(token)
+            record.syncing += 1
+        result = -errno.EINTR  # if a signal handler raises out of the call
+        try:
+            _datasync(record.descriptor)
+            result = 0
+        except OSError as err:
+            result = -(err.errno or errno.EIO)
+        finally:
+            with self._lock:
+                record.syncing -= 1
+                self._in_flight.discard(token)
+                if result < 0:
+                    self._failed += 1
+                self._ready.append(IoCompletion(token, result))
+                self._cond.notify_all()
+        return token
+
+    def _complete_inline(self, result: int, data: bytes | None) -> int:
+        """Issue a token for an operation that already ran and queue its completion."""
+        token = self._next_token
+        self._next_token = token + 1
+        if data is None:
             self._ready.append(IoCompletion(token, result))
-            return token
+        else:
+            self._ready.append(IoCompletion(token, result, data))
+        if self._waiters:
+            self._cond.notify_all()
+        return token
+
+    # -- streams ----------------------------------------------------------------------
+
+    def _queue_on_stream(self, record: _RegisteredFile, kind: int, payload: Any, size: int) -> int:
+        """Queue an operation for a stream's worker (started if idle); return its token."""
+        stream = record.stream
+        assert stream is not None
+        queued = stream.operations
+        if queued and (
+            len(queued) >= STREAM_MAX_OPERATIONS or stream.queued_bytes + size > STREAM_MAX_BYTES
+        ):
+            raise QueueFullError(
+                f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
+                "waiting for this descriptor; wait for completions and retry"
+            )
+        if not stream.running:
+            # Started first (it waits for the lock we hold), so that a thread that cannot
+            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
+            # holds this instance until its queue is empty, so a dropped instance is
+            # finalized only once its streams are done: never waited for.
+            threading.Thread(
+                target=self._run_stream,
+                args=(stream, record.descriptor),
+                name="storage_io-stream",
+                daemon=True,
+            ).start()
+            stream.running = True
+        token = self._next_token
+        self._next_token = token + 1
+        queued.append((token, kind, payload))
+        stream.queued_bytes += size
+        self._in_flight.add(token)
+        return token
+
+    def _run_stream(self, stream: _Stream, descriptor: int) -> None:
+        """The worker of one stream: its operations one at a time, in submission order,
+        the I/O with neither the lock nor the GIL held. The descriptor stays open while it
+        runs: deregister_fd() and close() wait for `stream.running` to drop."""
+        while True:
+            with self._lock:
+                if not stream.operations:
+                    stream.running = False
+                    self._cond.notify_all()  # a deregister_fd/close may wait for this
+                    return
+                token, kind, payload = stream.operations[0]
+            try:
+                result, data = _perform_stream_operation(descriptor, kind, payload)
+            except BaseException:  # e.g. MemoryError: the token must still complete
+                result, data = -errno.EIO, None
+            with self._lock:
+                stream.operations.popleft()
+                if kind == _WRITE:
+                    stream.queued_bytes -= len(payload)
+                self._in_flight.discard(token)
+                self._ready.append(self._stream_completion(token, kind, result, data))
+                self._cond.notify_all()
+
+    def _stream_completion(self, token: int, kind: int, result: int, data: Any) -> IoCompletion:
+        if result < 0:
+            self._failed += 1
+        elif kind == _WRITE:
+            self._bytes_written += result
+        elif kind == _READ:
+            self._bytes_read += result
+        if data is None:
+            return IoCompletion(token, result)
+        return IoCompletion(token, result, data)
+
+    # -- completions ------------------------------------------------------------------
 
     def flush(self) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
-            return 0  # nothing is ever queued: submissions run inline
+                raise self._closed_error()
+            # Submissions ran (or were queued to a stream worker) when they were made, so
+            # there is nothing to hand over; the count is that of both backends: the
+            # submit_* calls since the last flush/poll/wait/wait_for.
+            submitted = self._next_token - self._flushed_upto
+            self._flushed_upto = self._next_token
+            return submitted
 
-    # -- completions ------------------------------------------------------------------
+    def _index_ready(self) -> dict[int, IoCompletion]:
+        """Move the newest completions into the by-token index (order kept: the index holds
+        the older ones) and return it."""
+        index = self._ready_by_token
+        if self._ready:
+            for completion in self._ready:
+                index[completion.token] = completion
+            self._ready = []
+        return index
+
+    def _take_unclaimed(self) -> list[IoCompletion]:
+        """Hand back every ready completion that no wait_for() is waiting for, oldest
+        first."""
+        if not self._claimed:
+            ready = self._ready
+            self._ready = []
+            if self._ready_by_token:
+                ready[:0] = self._ready_by_token.values()
+                self._ready_by_token = {}
+            return ready
+        claimed = self._claimed
+        index = self._index_ready()
+        self._ready_by_token = {t: c for t, c in index.items() if t in claimed}
+        return [c for t, c in index.items() if t not in claimed]
 
     def poll_completions(self) -> list[IoCompletion]:
         with self._lock:
             if self._closed:
-                raise _closed_error()
-            ready = self._ready
-            self._ready = []
-            return ready
+                raise self._closed_error()
+            self._flushed_upto = self._next_token
+            return self._take_unclaimed()
 
     def wait(self, min_complete: int = 1, timeout: float | None = None) -> list[IoCompletion]:
         with self._lock:
             if self._closed:
-                raise _closed_error()
-            if operator.index(min_complete) < 0:
-                raise ValueError(f"min_complete must be >= 0, got {min_complete}")
-            # Same rule as the io_uring backend: a finite number of seconds (NaN and inf
-            # are refused; None is the way to say "no limit").
-            if timeout is not None and not 0 <= timeout < _INFINITY:
-                raise ValueError(
-                    f"timeout must be None or a finite number of seconds >= 0, got {timeout}"
-                )
-            # Every submitted operation has already completed, so whatever is outstanding is
-            # ready: returning it all satisfies min_complete (or is all there is) at once.
-            ready = self._ready
-            self._ready = []
-            return ready
+                raise self._closed_error()
+            min_complete = _as_min_complete(min_complete)
+            deadline = _deadline(timeout)
+            self._flushed_upto = self._next_token
+            if not self._in_flight:
+                # Nothing runs in a worker: every operation outstanding is ready already.
+                return self._take_unclaimed()
+            self._waiters += 1
+            try:
+                while True:
+                    claimed = self._claimed
+                    if claimed:
+                        index = self._index_ready()
+                        ready = len(index)
+                        unclaimed_ready = ready - sum(1 for t in claimed if t in index)
+                    else:
+                        ready = unclaimed_ready = len(self._ready) + len(self._ready_by_token)
+                    outstanding = ready + len(self._in_flight) - len(claimed)
+                    if unclaimed_ready >= min(min_complete, outstanding):
+                        return self._take_unclaimed()
+                    remaining = _remaining(deadline)
+                    if remaining is not None and remaining <= 0:
+                        return self._take_unclaimed()
+                    self._cond.wait(remaining)
+                    if self._closed:
+                        raise self._closed_error()
+            finally:
+                self._waiters -= 1
+
+    def wait_for(self, tokens: Iterable[int], timeout: float | None = None) -> list[IoCompletion]:
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            wanted = _as_tokens(tokens)
+            deadline = _deadline(timeout)
+            self._flushed_upto = self._next_token
+            index = self._index_ready()
+            for token in wanted:
+                if token in self._claimed:
+                    raise ValueError(
+                        f"token {token} is already being waited for by another wait_for()"
+                    )
+                if token not in index and token not in self._in_flight:
+                    raise ValueError(
+                        f"token {token} is not outstanding on this instance (never returned "
+                        "by submit_*, or already handed back)"
+                    )
+            self._claimed.update(wanted)
+            try:
+                while True:
+                    index = self._index_ready()
+                    missing = sum(1 for t in wanted if t not in index)
+                    if not missing:
+                        return [index.pop(t) for t in wanted]
+                    remaining = _remaining(deadline)
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(
+                            f"wait_for: {missing} of {len(wanted)} tokens still not complete "
+                            f"after {timeout} s"
+                        )
+                    self._cond.wait(remaining)
+                    if self._closed:
+                        raise self._closed_error()
+            finally:
+                self._claimed.difference_update(wanted)
+                if self._waiters:
+                    # Released tokens (a timeout) count for wait() again.
+                    self._cond.notify_all()
 
     def pending_count(self) -> int:
         with self._lock:
             if self._closed:
-                raise _closed_error()
-            return len(self._ready)
+                raise self._closed_error()
+            return len(self._ready) + len(self._ready_by_token) + len(self._in_flight)
 
     def metrics(self) -> dict[str, int]:
         with self._lock:
             if self._closed:
-                raise _closed_error()
+                raise self._closed_error()
             submitted = self._next_token - 1
             return {
                 "submitted": submitted,
-                "completed": submitted,  # each operation completes inside its submit call
+                "completed": submitted - len(self._in_flight),
                 "failed": self._failed,
                 "bytes_written": self._bytes_written,
-                "pending": len(self._ready),
-                "registered_files": len(self._files),
+                "bytes_read": self._bytes_read,
+                "pending": len(self._ready) + len(self._ready_by_token) + len(self._in_flight),
+                "registered_files": len(self._files) + len(self._streams),
             }
 
     # -- lifetime ---------------------------------------------------------------------
 
     def close(self) -> None:
         with self._lock:
+            if self._inherited:
+                raise self._closed_error()
             if self._closed:
                 return
             self._closed = True
+            self._cond.notify_all()  # waiters in wait()/wait_for() give up: closed
+            # Stream operations still queued and datasyncs still running finish first (lock
+            # released while waiting).
+            while self._in_flight or any(
+                r.stream is not None and r.stream.running for r in self._streams.values()
+            ):
+                self._cond.wait()
             self._ready = []
+            self._ready_by_token = {}
+            self._in_flight = set()
             self._close_descriptors()
 
     def _close_descriptors(self) -> None:
-        records = list(self._files.values())
+        records = [*self._files.values(), *self._streams.values()]
         self._files.clear()
+        self._streams.clear()
         first_error: OSError | None = None
         for record in records:
             try:
@@ -468,8 +953,9 @@ class SyncStorageIo(StorageIo):
             raise first_error
 
     def __del__(self) -> None:
-        # A forgotten close() must not leak the duplicated descriptors. No lock: nothing
-        # else can reach an object being finalized.
+        # A forgotten close() must not leak the duplicated descriptors. Never blocks: a
+        # stream worker holds a reference to the instance, so by now none is running. No
+        # lock: nothing else can reach an object being finalized.
         if not getattr(self, "_closed", True):
             self._closed = True
             try:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import math
 import operator
 import os
@@ -81,6 +82,15 @@ MIN_SEGMENT_BYTES = 64
 # Framed bytes handed to the StorageIo as appends go, without waiting: large enough that a
 # write costs the kernel little per byte, small enough that the disk starts early.
 HANDOFF_BYTES = 1 << 20
+# The timeout of a non-blocking look at the commit in flight (`poll`, `durable_lsn`). 0 by
+# the contract; a microsecond because UringStorageIo.wait_for(timeout=0) returns before
+# sending a datasync its collection just released (api branch, rust/waiters.rs block_on),
+# so a log driven only by probes never advanced. Back to 0 once that is fixed.
+PROBE_TIMEOUT_S = 1e-6
+# How long a commit may wait for the threads the previous one released to ask again
+# (see Wal._holding): a fraction of an fdatasync (~0.3-1 ms here), several times the time a
+# thread takes to wake, append and sync.
+GROUP_HOLD_S = 0.0003
 SEGMENT_SUFFIX = ".wal"
 SEGMENT_NAME = re.compile(r"^(\d{20})\.wal$")
 LOCK_NAME = "LOCK"
@@ -198,40 +208,9 @@ def _as_lsn(lsn: object, name: str = "lsn") -> int:
 
 
 def _wait_for(io: StorageIo, tokens: list[int], timeout: float | None) -> list[IoCompletion]:
-    """`io.wait_for(tokens, timeout)`."""
-    wait_for = getattr(io, "wait_for", None)
-    if wait_for is not None:
-        return wait_for(tokens, timeout)  # type: ignore[no-any-return]
-    return _wait_for_without_api(io, tokens, timeout)
-
-
-# -- until every StorageIo has wait_for (API.md, second round) ---------------------------
-# A stand-in that collects with wait() and keeps what it reaps for whoever asks for it. Only
-# correct when nobody but the log collects completions from `io`: true of the io the log
-# opens itself, and of the suite. Removed once wait_for lands on both backends.
-_reaped: dict[int, dict[int, Any]] = {}
-_reaped_lock = threading.Lock()
-
-
-def _wait_for_without_api(
-    io: StorageIo, tokens: list[int], timeout: float | None
-) -> list[IoCompletion]:
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        with _reaped_lock:
-            kept = _reaped.setdefault(id(io), {})
-            for completion in io.poll_completions():
-                kept[completion.token] = completion
-            if all(t in kept for t in tokens):
-                return [kept.pop(t) for t in tokens]
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError("the operations did not complete in time")
-        step = 0.005 if deadline is None else max(0.0, min(0.005, deadline - time.monotonic()))
-        reaped = io.wait(min_complete=1, timeout=step)
-        with _reaped_lock:
-            kept = _reaped.setdefault(id(io), {})
-            for completion in reaped:
-                kept[completion.token] = completion
+    """Exactly these tokens' completions (API.md, second round): other completions stay
+    queued for the io's other users, so a log can share an io the caller keeps using."""
+    return io.wait_for(tokens, timeout)
 
 
 class Wal:
@@ -247,6 +226,7 @@ class Wal:
 
     io: StorageIo
     """The `StorageIo` the log writes through (its own unless one was passed to `open`)."""
+    _fd: IoFd | None
 
     def __init__(self) -> None:
         raise TypeError("use Wal.open(directory, ...) to open or create a log")
@@ -287,12 +267,16 @@ class Wal:
                 _fsync_directory(path.parent)
         lock_fd = _lock_directory(path)
         owns_io = io is None
+        wal = cls.__new__(cls)
+        wal._fd = None
         try:
             if io is None:
                 io = open_storage_io()
-            wal = cls.__new__(cls)
             wal._setup(path, io, owns_io, lock_fd, segment_bytes)
         except BaseException:
+            wal._closed = True  # so that __del__ does not close the lock descriptor again
+            if wal._fd is not None and io is not None and not io.closed:
+                io.deregister_fd(wal._fd)  # leave nothing registered in an io the caller keeps
             os.close(lock_fd)
             if owns_io and io is not None:
                 io.close()
@@ -310,15 +294,20 @@ class Wal:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._closed = False
+        self._closing = False  # close() is waiting for the last commit: no more appends
         self._poison: BaseException | None = None
         self._rotating = False
-        # Any of the three: appends take the slow path that says which.
+        # Closed, closing, rotating or poisoned: appends take the slow path that says which.
         self._stopped = False
         self._chunk_tokens: list[int] = []  # handed-off writes not yet part of a commit
         self._inflight: tuple[list[int], int] | None = None  # (tokens, LSN it covers)
         self._leader = False
         self._commits_completed = 0
-        self._fd: IoFd | None = None
+        # Group commit (see _holding): LSNs threads wait for, and the hold after a commit.
+        self._waiting_lsns: list[int] = []
+        self._hold_expected = 0
+        self._hold_rejoined = 0
+        self._hold_until = 0.0
         self._recover()
 
     def _recover(self) -> None:
@@ -329,14 +318,14 @@ class Wal:
         records = sum(row[3] for row in rows)
         self.recovery = WalRecovery(records, len(rows), truncated)
         if not rows:
-            self._framer = WalFramer(self._segment_bytes, next_first)
+            self._framer = WalFramer(self._segment_bytes, next_first, HANDOFF_BYTES)
             self._durable_lsn = next_first - 1
             self._requested_lsn = self._durable_lsn
             self._create_segment(next_first)
             return
         _path, first_lsn, salt, count, end, _length = rows[-1]
         last_lsn = first_lsn + count - 1
-        self._framer = WalFramer(self._segment_bytes, last_lsn + 1)
+        self._framer = WalFramer(self._segment_bytes, last_lsn + 1, HANDOFF_BYTES)
         self._framer.start_segment(first_lsn, salt, end, count)
         self._fd = self._register(self._segments[-1].path, create=False)
         # After a process crash the recovered records may sit in the page cache only: they
@@ -413,16 +402,29 @@ class Wal:
         failed write, `ClosedError` after `close()`, `TypeError` for a payload that is not
         bytes-like, `ValueError` for one over 4 GiB - 1.
         """
+        # The common case takes no lock of ours: the native framer numbers and frames the
+        # record atomically (under the GIL), or declines it (0) when the log is closed,
+        # poisoned, rotating or busy, or the payload is not `bytes`; negative means framed,
+        # with a megabyte of framed bytes to hand to the io.
+        lsn: int = self._framer.append(payload)
+        if lsn > 0:
+            return lsn
+        return self._append_slowly(payload, lsn)
+
+    def _append_slowly(self, payload: Buffer, lsn: int) -> int:
         with self._lock:
+            if lsn < 0:
+                self._hand_off(self._chunk_tokens)
+                return -lsn
             if self._stopped:
                 self._wait_until_appendable()
-            lsn: int = self._framer.append(payload)
+            lsn = self._framer.append_locked(payload)
             if not lsn:
                 self._start_next_segment()
-                lsn = self._framer.append(payload)
-            if self._framer.pending_len >= HANDOFF_BYTES:
+                lsn = self._framer.append_locked(payload)
+            if lsn < 0:
                 self._hand_off(self._chunk_tokens)
-            return lsn
+            return abs(lsn)
 
     def append_many(self, payloads: Iterable[Buffer]) -> int:
         """Append every record of `payloads` (consecutive LSNs, no other thread's record
@@ -435,15 +437,20 @@ class Wal:
             if self._stopped:
                 self._wait_until_appendable()
             records = iter(payloads)
-            while True:
-                last, leftover, exhausted = self._framer.append_many(records, HANDOFF_BYTES)
-                if leftover is not None:
-                    self._start_next_segment()
-                    last = self._framer.append(leftover)
-                if self._framer.pending_len >= HANDOFF_BYTES:
-                    self._hand_off(self._chunk_tokens)
-                if exhausted:
-                    return last
+            self._framer.blocked = True  # no other thread's record in between
+            try:
+                while True:
+                    last, leftover, exhausted = self._framer.append_many(records)
+                    if leftover is not None:
+                        self._start_next_segment()
+                        self._framer.blocked = True
+                        last = abs(self._framer.append_locked(leftover))
+                    if self._framer.pending_len >= HANDOFF_BYTES:
+                        self._hand_off(self._chunk_tokens)
+                    if exhausted:
+                        return last
+            finally:
+                self._update_stopped()
 
     def _wait_until_appendable(self) -> None:
         while True:
@@ -453,7 +460,7 @@ class Wal:
             self._changed.wait()
 
     def _raise_if_unusable(self) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             raise ClosedError("this Wal is closed")
         if self._poison is not None:
             raise self._poisoned_error() from self._poison
@@ -471,7 +478,8 @@ class Wal:
         self._changed.notify_all()
 
     def _update_stopped(self) -> None:
-        self._stopped = self._closed or self._rotating or self._poison is not None
+        self._stopped = self._closed or self._closing or self._rotating or self._poison is not None
+        self._framer.blocked = self._stopped
 
     def _start_next_segment(self) -> None:
         """Makes the current segment durable, then creates the next. Other appends wait
@@ -533,31 +541,72 @@ class Wal:
             self._request(last)
             return last
 
-    def _request(self, lsn: int) -> None:
-        """A commit covering `lsn` is wanted: start it now unless one is in flight."""
+    def _request(self, lsn: int, *, may_hold: bool = False, rejoining: bool = False) -> None:
+        """A commit covering `lsn` is wanted: start it now unless one is in flight, or
+        (`may_hold`: the caller will wait for it) while the group-commit hold lasts."""
         if lsn <= self._durable_lsn:
             return
         if lsn > self._requested_lsn:
             self._requested_lsn = lsn
         if self._inflight is not None and not self._leader:
             self._collect_commit(0)
+            if lsn <= self._durable_lsn:
+                return  # the commit just collected covered it
         if self._inflight is None and self._poison is None:
+            if may_hold and self._holding(rejoining):
+                return
             self._start_commit()
 
+    def _holding(self, rejoining: bool) -> bool:
+        """Whether the next commit should wait for the threads the last one released.
+
+        When a commit releases several waiting threads, each of them usually appends its
+        next record and syncs at once (a thread per client, a record per request). Started
+        right away, the next commit would carry only the first of them, and the rest would
+        wait for it to finish before theirs starts: the threads split into two cohorts
+        taking turns, half the records per fdatasync. So the next commit waits until they
+        have all asked again, or `GROUP_HOLD_S` has passed, whichever comes first. Only
+        callers that then wait for the commit hold it (`sync`, `wait_durable`); `commit()`
+        and `poll()` never do.
+        """
+        if not self._hold_expected:
+            return False
+        if rejoining:
+            self._hold_rejoined += 1
+        if self._hold_rejoined >= self._hold_expected or time.monotonic() >= self._hold_until:
+            self._hold_expected = 0
+            return False
+        return True
+
     def _start_commit(self) -> None:
-        """One write of the framed bytes not yet written, one fdatasync; not waited for."""
-        assert self._fd is not None
+        """One write of the framed bytes not yet written, one fdatasync; not waited for.
+
+        The datasync is submitted without the lock: on the sync backend the submission is
+        the fdatasync itself, and the records appended meanwhile then make the next
+        commit's group. Until it is submitted the commit counts as led (`_leader`), so
+        nobody collects it with its datasync missing. Callers re-check the state after."""
+        fd = self._fd
+        assert fd is not None
         covers = self._framer.last_lsn
         tokens = self._chunk_tokens
         self._chunk_tokens = []
         self._inflight = (tokens, covers)  # even if the submission below fails: collected
         self._hand_off(tokens)
+        failure: Exception | None = None
+        self._leader = True
+        self._lock.release()
         try:
-            tokens.append(self.io.submit_datasync(self._fd))
+            tokens.append(self.io.submit_datasync(fd))
             self.io.flush()
         except Exception as exc:
-            self._poison_with(exc)
-            raise self._poisoned_error() from exc
+            failure = exc
+        finally:
+            self._lock.acquire()
+            self._leader = False
+            self._changed.notify_all()
+        if failure is not None:
+            self._poison_with(failure)
+            raise self._poisoned_error() from failure
 
     def _collect_commit(self, timeout: float | None) -> bool:
         """Waits up to `timeout` for the commit in flight, as the leader, without holding
@@ -571,7 +620,7 @@ class Wal:
         if timeout != 0:
             self._lock.release()
         try:
-            completions = _wait_for(self.io, tokens, timeout)
+            completions = _wait_for(self.io, tokens, PROBE_TIMEOUT_S if timeout == 0 else timeout)
         except TimeoutError:
             pass
         except Exception as exc:
@@ -594,7 +643,15 @@ class Wal:
                 return True
         self._durable_lsn = max(self._durable_lsn, covers)
         self._commits_completed += 1
-        if self._requested_lsn > self._durable_lsn and self._poison is None:
+        released = sum(1 for waiting in self._waiting_lsns if waiting <= covers)
+        if released >= 2:
+            self._hold_expected, self._hold_rejoined = released, 0
+            self._hold_until = time.monotonic() + GROUP_HOLD_S
+        # A commit asked for and not held by a waiter (who starts it when the hold ends)
+        # starts now: a plain commit() must not depend on anyone calling again.
+        still_waiting = len(self._waiting_lsns) > released
+        held = released >= 2 and still_waiting
+        if self._requested_lsn > self._durable_lsn and self._poison is None and not held:
             try:
                 self._start_commit()
             except WalPoisonedError:
@@ -623,14 +680,26 @@ class Wal:
             return self._wait_durable_locked(lsn, deadline)
 
     def _wait_durable_locked(self, lsn: int, deadline: float | None) -> bool:
+        self._waiting_lsns.append(lsn)
+        try:
+            return self._wait_durable_loop(lsn, deadline)
+        finally:
+            self._waiting_lsns.remove(lsn)
+
+    def _wait_durable_loop(self, lsn: int, deadline: float | None) -> bool:
         while self._durable_lsn < lsn:
+            self._request(self._framer.last_lsn, may_hold=True)  # may collect the one in flight
+            if self._durable_lsn >= lsn:
+                break
             if self._poison is not None:
                 raise self._poisoned_error() from self._poison
-            self._request(self._framer.last_lsn)
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if self._inflight is not None and not self._leader:
                 self._collect_commit(remaining)
             elif remaining != 0:
+                if self._inflight is None:  # held: wake up when the hold ends
+                    held = max(0.0, self._hold_until - time.monotonic())
+                    remaining = held if remaining is None else min(remaining, held)
                 self._changed.wait(remaining)
             if self._durable_lsn >= lsn:
                 break
@@ -642,17 +711,21 @@ class Wal:
 
     def sync(self) -> int:
         """`commit()`, then `wait_durable()` for it; return the LSN now durable."""
-        lsn = self.commit()
-        self.wait_durable(lsn)
-        return lsn
+        with self._lock:
+            self._raise_if_unusable()
+            lsn: int = self._framer.last_lsn
+            self._request(lsn, may_hold=True, rejoining=True)
+            self._wait_durable_locked(lsn, None)
+            return lsn
 
     def poll(self) -> int:
         """Advance the log without blocking; return `durable_lsn`.
 
         For event loops (``storage_io.aio.AsyncWal`` calls it when the `StorageIo`'s
         completion eventfd fires): if the commit in flight has completed, collects it
-        (``io.wait_for(tokens, timeout=0)``) and advances `durable_lsn`; then, if a commit
-        has been asked for and none is in flight, starts it (``submit_write``,
+        (``io.wait_for(tokens, timeout=0)``; see PROBE_TIMEOUT_S) and advances
+        `durable_lsn`; then, if a commit has been asked for and none is in flight, starts
+        it (``submit_write``,
         ``submit_datasync``, ``flush``). Never waits for the disk. If a thread is already
         waiting on the commit in flight, leaves it to that thread. Raises
         `WalPoisonedError` once a write or fdatasync has failed, `ClosedError` after
@@ -663,7 +736,7 @@ class Wal:
                 raise ClosedError("this Wal is closed")
             if self._inflight is not None and not self._leader:
                 self._collect_commit(0)
-            elif (
+            if (
                 self._inflight is None
                 and self._poison is None
                 and self._requested_lsn > self._durable_lsn
@@ -677,16 +750,25 @@ class Wal:
 
     @property
     def durable_lsn(self) -> int:
-        """Every record up to this LSN is on disk and survives a crash or power loss."""
+        """Every record up to this LSN is on disk and survives a crash or power loss.
+
+        Reading it also collects a commit that has completed, if no thread is waiting for
+        it (without blocking), so that ``commit()`` followed by reading `durable_lsn` sees
+        the log advance."""
+        if self._inflight is not None and not self._leader and self._lock.acquire(False):
+            try:
+                if self._inflight is not None and not self._leader and not self._closed:
+                    self._collect_commit(0)
+            except WalPoisonedError:
+                pass  # recorded; the calls that must fail will raise it
+            finally:
+                self._lock.release()
         return self._durable_lsn
 
     @property
     def last_lsn(self) -> int:
         """The last LSN handed out (0 for an empty log)."""
-        # Under the lock: append_many may be inside the framer, running the caller's
-        # iterator, when another thread asks.
-        with self._lock:
-            return self._framer.last_lsn  # type: ignore[no-any-return]
+        return self._framer.last_lsn  # type: ignore[no-any-return]
 
     @property
     def first_lsn(self) -> int:
@@ -729,7 +811,8 @@ class Wal:
             ]
             if start > until:
                 wanted = []
-            return WalReplay(wanted, start, until)  # type: ignore[no-any-return]
+            # The native reader hands out records in batches (lists); flattened in C.
+            return itertools.chain.from_iterable(WalReplay(wanted, start, until))
 
     def truncate_before(self, lsn: int) -> None:
         """Delete the segment files whose records all have LSNs below `lsn`; never a record
@@ -770,6 +853,8 @@ class Wal:
                 return
             while self._rotating:
                 self._changed.wait()
+            self._closing = True
+            self._update_stopped()  # from here on no record can join the last commit
             try:
                 if self._poison is None:
                     self._wait_durable_locked(self._framer.last_lsn, None)
@@ -823,6 +908,17 @@ class Wal:
         except WalPoisonedError:
             if exc_type is None:
                 raise  # otherwise the error already propagating says more
+
+    def __del__(self) -> None:
+        # A log dropped without close() must not keep its directory locked for the rest
+        # of the process. What was not durable stays that way (close() is the way to
+        # commit); the owned io is finalized by itself.
+        if not getattr(self, "_closed", True) and hasattr(self, "_lock_fd"):
+            self._closed = True
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("poisoned" if self._poison else "open")

@@ -175,6 +175,12 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_is_crc32c_castagnoli() {
+        // The standard check value, quoted in docs/wal-format.md.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
     fn version_is_named_when_unknown() {
         let mut bytes = SegmentHeader {
             first_lsn: 1,

@@ -8,6 +8,7 @@
 
 pub mod format;
 pub mod framer;
+pub mod mapping;
 pub mod scan;
 
 #[cfg(feature = "python")]

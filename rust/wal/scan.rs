@@ -12,19 +12,18 @@
 //! record's length cannot be trusted; a candidate must carry a plausible LSN before its
 //! CRC32C is computed, so the search costs about one load per byte.
 //!
-//! Files are read with plain `read` into one buffer per segment: the page cache copy costs
-//! less than faulting in a mapping page by page, and the buffer is reused segment after
-//! segment. Rejected: reading through `StorageIo.submit_read` (a completion per chunk for
-//! no concurrency we need), mmap (faults, and SIGBUS if the file shrinks under us).
+//! Files are mapped whole (`mapping`): no copy out of the page cache, which was most of a
+//! replay's time when read with `read`.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::format::{
     record_checksum, HeaderProblem, RecordHeader, SegmentHeader, RECORD_HEADER_LEN,
     SEGMENT_HEADER_LEN,
 };
+use super::mapping::Mapping;
 
 /// Why a record was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,11 +229,9 @@ fn corrupt(path: &Path, offset: usize, reason: String) -> RecoverError {
     }
 }
 
-fn read_whole(path: &Path, into: &mut Vec<u8>) -> Result<(), RecoverError> {
-    into.clear();
+fn map_whole(path: &Path) -> Result<Mapping, RecoverError> {
     File::open(path)
-        .and_then(|mut f| f.read_to_end(into))
-        .map(|_| ())
+        .and_then(|f| Mapping::of(&f))
         .map_err(|error| RecoverError::Io {
             path: path.to_path_buf(),
             error,
@@ -245,11 +242,11 @@ fn read_whole(path: &Path, into: &mut Vec<u8>) -> Result<(), RecoverError> {
 /// Reads only; never changes a file.
 pub fn recover(files: &[SegmentFile]) -> Result<Recovery, RecoverError> {
     let mut segments: Vec<RecoveredSegment> = Vec::with_capacity(files.len());
-    let mut data = Vec::new();
     for (index, file) in files.iter().enumerate() {
         let newest = index + 1 == files.len();
-        read_whole(&file.path, &mut data)?;
-        let header = match SegmentHeader::decode(&data) {
+        let mapping = map_whole(&file.path)?;
+        let data = mapping.bytes();
+        let header = match SegmentHeader::decode(data) {
             Ok(header) => header,
             Err(HeaderProblem::Short) if newest => {
                 let torn = TornTail::Remove {
@@ -264,7 +261,7 @@ pub fn recover(files: &[SegmentFile]) -> Result<Recovery, RecoverError> {
             Err(problem) => return Err(corrupt(&file.path, 0, problem.to_string())),
         };
         check_header_place(file, &header, segments.last())?;
-        let scan = scan_records(&data, &header);
+        let scan = scan_records(data, &header);
         let torn = match scan.failure {
             None => None,
             Some(f) if newest && !f.valid_record_follows => Some(TornTail::Cut {
@@ -335,7 +332,7 @@ fn check_header_place(
 /// `truncate_before`) is still read whole.
 pub struct Replay {
     files: std::vec::IntoIter<(PathBuf, File, u64)>,
-    data: Vec<u8>,
+    data: Mapping,
     path: PathBuf,
     seed: u32,
     at: usize,
@@ -353,7 +350,7 @@ impl Replay {
         }
         Ok(Self {
             files: files.into_iter(),
-            data: Vec::new(),
+            data: Mapping::empty(),
             path: PathBuf::new(),
             seed: 0,
             at: 0,
@@ -376,12 +373,12 @@ impl Replay {
                 continue;
             }
             let lsn = self.next_lsn;
-            match read_record(&self.data, self.at, self.seed, lsn) {
+            match read_record(self.data.bytes(), self.at, self.seed, lsn) {
                 Ok(Some((_, range))) => {
                     self.at = range.end;
                     self.next_lsn += 1;
                     if lsn >= self.from_lsn {
-                        return Ok(Some((lsn, &self.data[range])));
+                        return Ok(Some((lsn, &self.data.bytes()[range])));
                     }
                 }
                 Ok(None) => unreachable!("checked above: not at the end"),
@@ -409,16 +406,14 @@ impl Replay {
 
     /// Reads the next segment; false when there is none.
     pub fn load_next_segment(&mut self) -> Result<bool, RecoverError> {
-        let Some((path, mut file, first_lsn)) = self.files.next() else {
+        let Some((path, file, first_lsn)) = self.files.next() else {
             return Ok(false);
         };
-        self.data.clear();
-        file.read_to_end(&mut self.data)
-            .map_err(|error| RecoverError::Io {
-                path: path.clone(),
-                error,
-            })?;
-        let header = SegmentHeader::decode(&self.data)
+        self.data = Mapping::of(&file).map_err(|error| RecoverError::Io {
+            path: path.clone(),
+            error,
+        })?;
+        let header = SegmentHeader::decode(self.data.bytes())
             .map_err(|problem| corrupt(&path, 0, problem.to_string()))?;
         if header.first_lsn != first_lsn || (self.next_lsn != 0 && first_lsn != self.next_lsn) {
             let reason = format!("segment header says first LSN {}", header.first_lsn);

@@ -230,15 +230,13 @@ class RingDriver:
         self._notify_if_idle()
 
     def _flush(self) -> None:
+        """Once per tick with submissions: hand them to the kernel. Through a poll, not
+        flush(): some operations complete without the kernel (a read of 0 bytes), so no
+        completion event will ever announce them; the poll hands them back now."""
         self._flush_scheduled = False
         if self._helpers:
             return  # the helper's call hands the work over
-        try:
-            self._io.flush()
-        except OSError as exc:
-            self._report(exc, "flush() failed; retrying")
-            self._flush_scheduled = True
-            self.loop.call_later(0.001, self._flush)
+        self._drain()
 
     # -- completions ------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from .._native import ClosedError, IoCompletion, IoFd
 from ..interface import StorageIo
-from ._arguments import checked_offset, owned_bytes
+from ._arguments import checked_length, checked_offset, owned_bytes
 
 __all__ = ["ThreadedStorageIo"]
 
@@ -100,6 +100,9 @@ class ThreadedStorageIo(StorageIo):
     def submit_datasync(self, fd: IoFd) -> int:
         return self._enqueue("submit_datasync", (fd,))
 
+    def submit_read(self, fd: IoFd, length: int, offset: int) -> int:
+        return self._enqueue("submit_read", (fd, checked_length(length), checked_offset(offset)))
+
     def flush(self) -> int:
         self._check_open()
         return 0  # the worker starts on each operation as it is queued
@@ -134,9 +137,10 @@ class ThreadedStorageIo(StorageIo):
                 pass
             return self._take_all()
 
-    def wait_for(self, tokens: list[int], timeout: float | None = None) -> list[IoCompletion]:
+    def wait_for(self, tokens: Iterable[int], timeout: float | None = None) -> list[IoCompletion]:
         """Block until every token in `tokens` has completed; return their completions in
         that order. Raises `TimeoutError` (handing back nothing) when `timeout` passes."""
+        tokens = list(tokens)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             for token in tokens:
@@ -201,7 +205,7 @@ class ThreadedStorageIo(StorageIo):
                 return IoCompletion(token, 0)
             inner_token = getattr(inner, method)(*args)
             (completion,) = _wait_for(inner, inner_token)
-            return IoCompletion(token, completion.result)
+            return IoCompletion(token, completion.result, getattr(completion, "data", None))
         except OSError as exc:
             return IoCompletion(token, -(exc.errno or errno.EIO))
         except Exception:

@@ -95,6 +95,7 @@ class AsyncWal:
         self._closed = False
         self._poison: BaseException | None = None
         self.commits_observed = 0  # durable_lsn advances seen: one per fdatasync
+        self._durable_seen = wal.durable_lsn
         self._eventfd = open_eventfd()
         try:
             io.register_eventfd(self._eventfd)
@@ -112,7 +113,11 @@ class AsyncWal:
 
     @property
     def durable_lsn(self) -> int:
-        return self._wal.durable_lsn
+        # Reading Wal.durable_lsn may collect a finished commit write (and so release its
+        # datasync): send what that released.
+        durable = self._wal.durable_lsn
+        self._send_released()
+        return durable
 
     @property
     def last_lsn(self) -> int:
@@ -158,7 +163,9 @@ class AsyncWal:
         """Ask for everything appended so far to be made durable; return the LSN this
         covers. Does not wait."""
         self._check_usable()
-        return self._wal.commit()
+        covered = self._wal.commit()
+        self._send_released()
+        return covered
 
     def wait_durable(self, lsn: int) -> Operation[int]:
         """Awaited: returns `lsn` once `durable_lsn >= lsn`, asking for a covering commit
@@ -177,7 +184,7 @@ class AsyncWal:
 
     def _waiter(self, lsn: int) -> Future[int]:
         future: Future[int] = Future(loop=self._loop)
-        if lsn <= self._wal.durable_lsn:
+        if lsn <= self.durable_lsn:
             future.set_result(lsn)
             return future
         if self._poison is not None:
@@ -197,6 +204,7 @@ class AsyncWal:
             return
         try:
             self._wal.commit()
+            self._send_released()
         except WalPoisonedError as exc:
             self._fail_waiters(exc)
 
@@ -204,9 +212,10 @@ class AsyncWal:
 
     def _wake(self) -> None:
         read_eventfd(self._eventfd)
-        before = self._wal.durable_lsn
+        before = self._durable_seen
         try:
             durable = self._wal.poll()
+            self._send_released()
         except WalPoisonedError as exc:
             self._release(self._wal.durable_lsn)
             self._fail_waiters(exc)
@@ -215,7 +224,21 @@ class AsyncWal:
             return
         if durable > before:
             self.commits_observed += 1
+            self._durable_seen = durable
         self._release(durable)
+
+    def _send_released(self) -> None:
+        """Collecting a commit's write releases the datasync the backend holds behind it,
+        and nothing else would send it before the next wake-up, which would then never
+        come. The io_uring backend's wait_for() that Wal.poll() makes returns on its
+        timeout without sending released operations (rust/waiters.rs, `Waiting if
+        expired`), and flush() does not send them either; an empty wait_for() does (its
+        "done" path). Remove once the backend sends them on the timeout path too."""
+        wait_for = getattr(self._io, "wait_for", None)
+        if wait_for is not None and not isinstance(self._io, ThreadedStorageIo):
+            wait_for([])
+        else:
+            self._io.flush()
 
     def _release(self, durable: int) -> None:
         waiters = self._waiters

@@ -1,0 +1,121 @@
+//! Operations on a stream (a pipe, a socket, a terminal): one at a time, in submission
+//! order, each whole.
+//!
+//! A stream has no offsets: whatever reaches the kernel first is what the reader gets first.
+//! The file path sends several writes (and the parts of a large write) to the ring at once
+//! and lets them land in any order, which is harmless at distinct offsets and scrambles a
+//! stream. So a stream's operations wait in this queue and go to the ring one by one, the
+//! next when the previous has completed, and each write goes as one SQE from a private copy
+//! (continued if short) instead of one SQE per registered buffer.
+//!
+//! Rejected alternative: IOSQE_IO_LINK chains. A chain is cut by a short write (the kernel
+//! cancels the rest), which on a pipe is the ordinary case for a write larger than the pipe
+//! buffer, and it needs every member in the ring at once, which a queue does not.
+//!
+//! Nothing would move a queue along while the caller does not call in (it may be blocked
+//! reading the other end of the pipe): while any stream has operations waiting, a pump
+//! thread waits for their completions like any other waiter (`waiters::Shared::pump`) and
+//! sends each next one. The sync backend runs a stream's operations on a thread too.
+//!
+//! The queue is bounded, as on the sync backend, so that a stream nobody reads cannot make
+//! memory grow without limit: past the bound, `submit_*` raises QueueFullError. One
+//! operation of any size is always taken when nothing waits for the descriptor.
+
+use std::collections::VecDeque;
+
+/// Queued operations past this many are refused (QueueFullError).
+pub const MAX_QUEUED_OPERATIONS: usize = 1024;
+/// Queued write bytes past this many are refused (QueueFullError).
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+pub enum StreamOp {
+    Write { token: u64, data: Box<[u8]> },
+    Datasync { token: u64 },
+    Read { token: u64, len: usize },
+}
+
+#[derive(Default)]
+pub struct StreamQueue {
+    waiting: VecDeque<StreamOp>,
+    queued_bytes: usize,
+    /// An operation of this stream is in the ring.
+    busy: bool,
+}
+
+impl StreamQueue {
+    /// Refuses an operation carrying `bytes` when the queue is at its bound; the text is
+    /// the QueueFullError message.
+    pub fn check_room(&self, bytes: usize) -> Result<(), String> {
+        if self.waiting.is_empty()
+            || (self.waiting.len() < MAX_QUEUED_OPERATIONS
+                && self.queued_bytes + bytes <= MAX_QUEUED_BYTES)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "stream queue full: {} operations ({} bytes) waiting for this descriptor; wait \
+             for completions and retry",
+            self.waiting.len(),
+            self.queued_bytes
+        ))
+    }
+
+    /// Takes `op`: returns it back when it may go to the ring now (nothing of this stream
+    /// is there), else keeps it until `next`.
+    pub fn admit(&mut self, op: StreamOp) -> Option<StreamOp> {
+        if !self.busy {
+            self.busy = true;
+            return Some(op);
+        }
+        if let StreamOp::Write { data, .. } = &op {
+            self.queued_bytes += data.len();
+        }
+        self.waiting.push_back(op);
+        None
+    }
+
+    /// Operations waiting behind the one in the ring.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// The operation in the ring finished: the next one to send, if any.
+    pub fn finished(&mut self) -> Option<StreamOp> {
+        let op = self.waiting.pop_front();
+        if let Some(StreamOp::Write { data, .. }) = &op {
+            self.queued_bytes -= data.len();
+        }
+        self.busy = op.is_some();
+        op
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_at_a_time_in_order_and_bounded() {
+        let mut q = StreamQueue::default();
+        let first = q.admit(StreamOp::Datasync { token: 1 });
+        assert!(matches!(first, Some(StreamOp::Datasync { token: 1 })));
+        for t in 2..=(MAX_QUEUED_OPERATIONS as u64 + 1) {
+            assert!(q.check_room(0).is_ok());
+            assert!(q.admit(StreamOp::Datasync { token: t }).is_none());
+        }
+        assert!(q
+            .check_room(0)
+            .unwrap_err()
+            .starts_with("stream queue full"));
+        assert!(matches!(
+            q.finished(),
+            Some(StreamOp::Datasync { token: 2 })
+        ));
+        let mut empty = StreamQueue::default();
+        assert!(
+            empty.check_room(MAX_QUEUED_BYTES * 2).is_ok(),
+            "one of any size"
+        );
+        assert!(empty.finished().is_none());
+    }
+}
