@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 from asyncio import get_running_loop
 from typing import TYPE_CHECKING, Any, Union
 
@@ -46,15 +44,13 @@ class AsyncStorageIo:
     the waiting, never the I/O: the file ends up as if nothing had been cancelled.
     """
 
-    __slots__ = ("_io", "_owns_io", "_driver", "_closed", "_read_descriptors")
+    __slots__ = ("_io", "_owns_io", "_driver", "_closed")
 
     def __init__(self, io: StorageIo | None = None) -> None:
         self._owns_io = io is None
         self._io: Any = open_storage_io() if io is None else io
         self._driver: _Driver | None = None
         self._closed = False
-        # Until every backend has submit_read: a descriptor of our own per handle to read.
-        self._read_descriptors: dict[IoFd, int] = {}
 
     # -- identity ---------------------------------------------------------------------
 
@@ -113,18 +109,12 @@ class AsyncStorageIo:
         if self._closed:
             raise ClosedError("this AsyncStorageIo is closed")
         fd: IoFd = self._io.register_fd(file)
-        if not hasattr(self._io, "submit_read"):
-            source = file if isinstance(file, int) else file.fileno()
-            self._read_descriptors[fd] = os.dup(source)
         return fd
 
     def deregister_fd(self, fd: IoFd) -> Operation[None]:
         """Wait for that file's operations in flight, then close the io's descriptor; the
         handle is dead afterwards. Awaitable; the loop does not wait meanwhile."""
         driver = self._bound()
-        descriptor = self._read_descriptors.pop(fd, None)
-        if descriptor is not None:
-            os.close(descriptor)
         if isinstance(driver, RingDriver):
             io = self._io
             return Operation(driver.blocking(lambda: io.deregister_fd(fd)))
@@ -179,26 +169,10 @@ class AsyncStorageIo:
     def read(self, fd: IoFd, length: int, offset: int) -> Operation[bytes]:
         """Read up to `length` bytes at `offset`; fewer only at the end of the file."""
         driver = self._bound()
-        if not hasattr(self._io, "submit_read"):
-            return Operation(self._read_on_a_thread(driver.loop, fd, length, offset))
         if isinstance(driver, ThreadDriver):
             self._check_fd(fd)
             return Operation(driver.read(fd, checked_length(length), checked_offset(offset)))
         return Operation(driver.read(fd, length, offset))
-
-    def _read_on_a_thread(
-        self, loop: asyncio.AbstractEventLoop, fd: IoFd, length: int, offset: int
-    ) -> asyncio.Future[bytes]:
-        """Reads for a `StorageIo` without submit_read (until every backend has it)."""
-        length = checked_length(length)
-        offset = checked_offset(offset)
-        descriptor = self._read_descriptors.get(fd)  # type: ignore[call-overload]
-        if descriptor is None:
-            raise BadFdError(
-                f"{fd!r} is not a handle registered through this AsyncStorageIo, which "
-                "reads only those while its StorageIo has no submit_read()"
-            )
-        return loop.run_in_executor(None, _pread_all, descriptor, length, offset)
 
     # -- lifetime ---------------------------------------------------------------------
 
@@ -209,23 +183,18 @@ class AsyncStorageIo:
             return
         self._closed = True
         driver, self._driver = self._driver, None
-        try:
-            if isinstance(driver, RingDriver):
-                await asyncio.shield(driver.idle())
-                driver.detach()
-                if self._owns_io:
-                    # close() waits for background flushes: not on the loop.
-                    await asyncio.get_running_loop().run_in_executor(None, self._io.close)
-            elif isinstance(driver, ThreadDriver):
-                await asyncio.shield(driver.stop())
-                if self._owns_io:
-                    await asyncio.get_running_loop().run_in_executor(None, self._io.close)
-            elif self._owns_io:
-                self._io.close()  # never used in a loop: nothing in flight
-        finally:
-            for descriptor in self._read_descriptors.values():
-                os.close(descriptor)
-            self._read_descriptors.clear()
+        if isinstance(driver, RingDriver):
+            await asyncio.shield(driver.idle())
+            driver.detach()
+            if self._owns_io:
+                # close() waits for background flushes: not on the loop.
+                await asyncio.get_running_loop().run_in_executor(None, self._io.close)
+        elif isinstance(driver, ThreadDriver):
+            await asyncio.shield(driver.stop())
+            if self._owns_io:
+                await asyncio.get_running_loop().run_in_executor(None, self._io.close)
+        elif self._owns_io:
+            self._io.close()  # never used in a loop: nothing in flight
 
     async def __aenter__(self) -> Self:
         self._bound()
@@ -238,21 +207,3 @@ class AsyncStorageIo:
         traceback: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _pread_all(descriptor: int, length: int, offset: int) -> bytes:
-    """Up to `length` bytes at `offset`, continuing short reads; fewer only at end of file."""
-    parts = []
-    while length > 0:
-        try:
-            chunk = os.pread(descriptor, min(length, 1 << 30), offset)
-        except InterruptedError:
-            continue
-        except OSError as err:
-            raise OSError(err.errno or errno.EIO, os.strerror(err.errno or errno.EIO)) from None
-        if not chunk:
-            break
-        parts.append(chunk)
-        length -= len(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
