@@ -1291,7 +1291,7 @@ mod tests {
 
     #[test]
     fn a_registered_eventfd_is_signalled_by_a_completion() {
-        let mut b = backend(small_standard());
+        let b = backend(small_standard());
         let (path, file) = temp_file("eventfd");
         let h = b.register_fd(file.as_raw_fd()).unwrap();
         // SAFETY: creates a new descriptor; no memory of ours is involved.
@@ -1299,8 +1299,9 @@ mod tests {
         assert!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
         // SAFETY: `raw` was just created and nothing else owns it.
         let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        b.register_eventfd(eventfd.as_raw_fd()).unwrap();
-        let token = append(&mut b, h, b"woken");
+        let raw_eventfd = eventfd.as_raw_fd();
+        b.run(|b| Ok(b.register_eventfd(raw_eventfd)?)).unwrap();
+        let token = append(&b, h, b"woken");
         b.flush().unwrap();
         let mut counter = [0u8; 8];
         // A blocking read: returns once the kernel has posted the write's CQE.
@@ -1308,11 +1309,11 @@ mod tests {
             .read_exact(&mut counter)
             .unwrap();
         assert!(u64::from_ne_bytes(counter) >= 1);
-        let done = drain(&mut b);
+        let done = drain(&b);
         assert_eq!(done, vec![(token, 5)]);
-        b.unregister_eventfd().unwrap();
+        b.run(|b| Ok(b.unregister_eventfd()?)).unwrap();
         assert!(
-            b.unregister_eventfd().is_err(),
+            b.run(|b| Ok(b.unregister_eventfd()?)).is_err(),
             "nothing left to unregister"
         );
         std::fs::remove_file(path).unwrap();
