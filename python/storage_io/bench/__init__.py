@@ -121,4 +121,5 @@ __all__ = [
 
 # Workload modules beyond W1..W5 (`standard`, imported above): each registers its workloads
 # when imported. A new one adds its line here, e.g. ``from . import wal as _wal``.
+from . import aio as _aio  # noqa: E402, F401 (A1, A2: storage_io.aio)
 from . import wal as _wal  # noqa: E402, F401 (L1..L4: the write-ahead log)
