@@ -24,14 +24,16 @@ from .standard import VECTOR_BATCH
 
 __all__ = ["baseline_names", "row_ratios", "table", "write_json", "write_plot"]
 
-# The ratio columns always shown, whatever ran, so that the table keeps one shape.
+# The ratio columns shown whenever a workload in the table has a loop for them, whatever
+# ran, so that the table of W1..W5 keeps one shape.
 _BUILT_IN_BASELINES = ("pwrite", "pwritev")
 
 
 def baseline_names(rows: Sequence[Row]) -> list[str]:
-    """The ratio columns of the table, in order: the built-in baselines, then any other
+    """The ratio columns of the table, in order: the built-in baselines of the workloads
+    that have them (the log's workloads have baselines of their own), then any other
     baseline a row compares with."""
-    names = list(_BUILT_IN_BASELINES)
+    names = [b for b in _BUILT_IN_BASELINES if any(b in row.workload.bodies for row in rows)]
     for row in rows:
         names += [b for b in row.implementation.compared_with if b not in names]
     return names
@@ -120,12 +122,22 @@ def table(rows: Sequence[Row], skipped: dict[str, str]) -> str:
 
 
 def _notes(rows: Sequence[Row], patterns: bool) -> list[str]:
-    out = [
-        "x pwrite: how many times faster than the plain os.pwrite loop, one call per record "
-        "(higher is better; W4 compares p50 latencies). x pwritev: the vectored rows "
-        f"(pwritev, *-v: {VECTOR_BATCH} records per call, W2 one call per batch) against "
-        "the plain os.pwritev loop. spread: half the range over the repeats."
-    ]
+    out = []
+    if "pwrite" in baseline_names(rows):
+        out.append(
+            "x pwrite: how many times faster than the plain os.pwrite loop, one call per record "
+            "(higher is better; W4 compares p50 latencies). x pwritev: the vectored rows "
+            f"(pwritev, *-v: {VECTOR_BATCH} records per call, W2 one call per batch) against "
+            "the plain os.pwritev loop. spread: half the range over the repeats."
+        )
+    others = [b for b in baseline_names(rows) if b not in _BUILT_IN_BASELINES]
+    if others:
+        figures = sorted({row.workload.label(row.workload.headline) for row in rows})
+        out.append(
+            f"x {', x '.join(others)}: how many times faster than that row of the same "
+            f"workload, on {' / '.join(figures)} (higher is better). spread: half the range "
+            "of that figure over the repeats."
+        )
     if any(row.implementation.vectored for row in rows):
         out.append(
             "No vectored rows for W3 (1 MiB records, one per call already) and W4 (one "
