@@ -39,7 +39,9 @@ at the bottom of this file (one line). In it:
    (untimed, e.g. opening a log in ``run.directory``, keeping it in ``run.state``) and
    ``check`` (what is wrong with the bytes on disk, or None) if the default file check
    (the record pool, cycled, in ``run.path``) does not fit; ``note`` for a line under the
-   table.
+   table; ``in_default_run=False`` when its full counts are too slow for the default run
+   (it then runs when named), ``quick_scale`` for the single untimed pass over
+   ``benches/``, ``group`` for a name that stands for several workloads.
 3. For an implementation of its own (an asyncio driver, a baseline such as "fsync each
    record"), ``register_implementation(Implementation(name, create, form,
    compared_with=("pwrite", ...)))``; ``create()`` returns a fresh target (a backend, or
@@ -120,6 +122,6 @@ __all__ = [
 ]
 
 # Workload modules beyond W1..W5 (`standard`, imported above): each registers its workloads
-# when imported. A new one adds its line here, e.g. ``from . import wal as _wal``.
+# when imported. A new one adds its line here.
 from . import aio as _aio  # noqa: E402, F401 (A1, A2: storage_io.aio)
 from . import wal as _wal  # noqa: E402, F401 (L1..L4: the write-ahead log)
