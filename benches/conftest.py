@@ -13,15 +13,30 @@ from pathlib import Path
 import pytest
 
 from storage_io.bench import (
-    IMPLEMENTATIONS,
     ImplementationUnavailable,
+    Target,
+    all_implementations,
     create_implementation,
-    is_vectored,
 )
+from storage_io.bench.machine import MEMORY_FILESYSTEMS, filesystem_of
 
-# The StorageIo implementations, each once (their vectored rows, *-v, are the same instances
-# driven with submit_appendv: the overhead tests measure both call kinds on these).
-BACKENDS = tuple(name for name in IMPLEMENTATIONS if name != "pwrite" and not is_vectored(name))
+# The StorageIo implementations of the bench command, each once
+# (their vectored rows, *-v, are the same instances driven with submit_appendv: the overhead
+# tests measure both call kinds on these).
+BACKENDS = tuple(i.name for i in all_implementations() if i.form == "api")
+
+
+def pytest_report_header() -> str:
+    """Where the files go, and a warning when that is memory rather than a disk."""
+    base = tempfile.gettempdir()
+    fstype, mount_point = filesystem_of(base)
+    line = f"benches: files in {base} ({fstype} mounted on {mount_point or '?'})"
+    if fstype in MEMORY_FILESYSTEMS:
+        line += (
+            f"\nWARNING: {base} is on {fstype}: fdatasync does nothing there and the figures "
+            "say nothing about a disk (set TMPDIR to a directory on a real disk)"
+        )
+    return line
 
 
 @pytest.fixture
@@ -35,7 +50,7 @@ def bench_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
-def make(name: str):  # type: ignore[no-untyped-def]
+def make(name: str) -> Target:
     """A fresh instance of implementation `name`, or skip the test saying why it cannot run."""
     try:
         return create_implementation(name)
@@ -43,19 +58,8 @@ def make(name: str):  # type: ignore[no-untyped-def]
         pytest.skip(f"{name} unavailable here: {exc}")
 
 
-@pytest.fixture(params=IMPLEMENTATIONS)
-def implementation(request: pytest.FixtureRequest) -> Iterator[tuple[str, object]]:
-    """(name, instance) for each implementation, the pwrite baseline and the vectored forms
-    (pwritev, *-v) included; pass ``vectored=is_vectored(name)`` to run the latter."""
-    target = make(request.param)
-    try:
-        yield request.param, target
-    finally:
-        target.close()
-
-
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, object]]:
+def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Target]]:
     """(name, instance) for each StorageIo implementation (not the pwrite baseline)."""
     target = make(request.param)
     try:

@@ -42,7 +42,7 @@ def pattern(size: int, seed: int = 0) -> bytes:
 
 def register_path(io: Any, path: Path, flags: int = os.O_WRONLY | os.O_CREAT) -> Any:
     """Open `path`, register it and close the caller's descriptor at once (the backend keeps
-    its own duplicate, API.md `register_fd`)."""
+    its own duplicate: docs/contract.md, "Methods", `register_fd`)."""
     fd = os.open(path, flags, 0o644)
     try:
         return io.register_fd(fd)

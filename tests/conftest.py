@@ -1,4 +1,4 @@
-"""One contract suite (API.md), run against every backend.
+"""One contract suite (docs/contract.md), run against every backend.
 
 `backend_kind` is "sync", "uring" (RingMode.STANDARD) or "uring-sqpoll" (RingMode.SQPOLL).
 io_uring cases skip, with the reason the backend gives, only when the ring cannot be set up

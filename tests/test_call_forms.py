@@ -1,6 +1,6 @@
-"""The submit calls of API.md's method table take their arguments by position or by name, as
-the `StorageIo` interface declares them, and refuse a wrong number of arguments with
-TypeError, on every backend. (The io_uring backend has a separate fast path for the
+"""The submit calls of the "Methods" table of docs/contract.md take their arguments by position
+or by name, as the `StorageIo` interface declares them, and refuse a wrong number of arguments
+with TypeError, on every backend. (The io_uring backend has a separate fast path for the
 positional form; this suite keeps the other forms working.)"""
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from storage_io import IoUringConfig, RingMode
@@ -26,7 +28,7 @@ def test_ring_mode_members():
 
 
 def test_keywords_are_kept():
-    fields = dict(
+    fields: dict[str, Any] = dict(
         ring_entries=8,
         mode=RingMode.SQPOLL,
         sqpoll_idle_ms=10,

@@ -311,9 +311,9 @@ def _log_that_cannot_be_written_back() -> Iterator[Path]:
                 extents = subprocess.run(
                     ["filefrag", "-v", str(log)], capture_output=True, text=True, check=True
                 ).stdout
-                first_block = int(
-                    re.search(r"^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.", extents, re.M).group(1)
-                )
+                first_extent = re.search(r"^\s*0:\s+\d+\.\.\s*\d+:\s+(\d+)\.\.", extents, re.M)
+                assert first_extent is not None, extents
+                first_block = int(first_extent.group(1))
                 _run(
                     "fallocate", "-p", "-o", str(first_block * 4096), "-l", str(1 << 20), str(image)
                 )

@@ -1,5 +1,6 @@
 """Hostile input: whatever a caller passes, the answer is a result or one of the exceptions
-API.md names, never a crash, a hang, a Rust panic or a stray exception type.
+docs/contract.md names ("Public names"), never a crash, a hang, a Rust panic or a stray
+exception type.
 
 Allowed: ValueError, TypeError, OSError and StorageIoError with its subclasses (BadFdError,
 ClosedError, QueueFullError, BufferExhaustedError, UringUnavailableError). pyo3's
@@ -18,7 +19,7 @@ import ctypes
 import os
 import pickle
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -137,6 +138,13 @@ def memoryviews(draw_bytes: bytes) -> list[Any]:
     return views
 
 
+# Callables that make a value when drawn (a fresh object each time).
+MAKERS: list[Callable[[], object]] = [
+    bytes,
+    bytearray,
+    lambda: memoryview(b""),
+    lambda: 1_000_000 * b"x",
+]
 DATA = st.one_of(
     st.binary(max_size=70_000),
     st.binary(max_size=100).map(bytearray),
@@ -149,9 +157,7 @@ DATA = st.one_of(
     st.lists(st.floats(allow_nan=True), max_size=20).map(lambda v: array.array("d", v)),
     st.binary(max_size=50).map(pickle.PickleBuffer),
     st.integers(0, 40).map(lambda n: (ctypes.c_int32 * n)()),
-    st.sampled_from([bytes, bytearray, lambda: memoryview(b""), lambda: 1_000_000 * b"x"]).map(
-        lambda make: make()
-    ),
+    st.sampled_from(MAKERS).map(lambda make: make()),
     st.text(max_size=20),
     INTS,
     FLOATS,

@@ -28,7 +28,7 @@ def run_ordered_workload(io, tmp_path, sizes, rounds):
     names = ("a", "b")
     fds = {n: register_path(io, tmp_path / n) for n in names}
     expected = {n: bytearray() for n in names}
-    earlier = {n: [] for n in names}
+    earlier: dict[str, list[int]] = {n: [] for n in names}
     sync_deps: dict[int, list[int]] = {}
     tokens: list[int] = []
     write_offset = {n: 0 for n in names}

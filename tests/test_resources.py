@@ -16,6 +16,7 @@ import errno
 import gc
 import os
 import time
+from typing import Any
 
 from _support import (
     assert_exactly_once,
@@ -121,6 +122,8 @@ def test_memory_stays_flat_over_many_operations(backend_kind, tmp_path):
         rss_start = fds_start = 0
         records = [pattern(n, n) for n in (16, 64, 700, 4096, 4097, 9000)]
         big = pattern(300_000, 1)  # more than the whole pool: the private-copy path
+        method: Any
+        args: tuple[Any, ...]
         for i in range(MEMORY_OPS):
             if i == warm_up:
                 gc.collect()

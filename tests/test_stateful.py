@@ -53,8 +53,9 @@ BUFFER_SIZE = 4096
 BUFFER_COUNT = 8
 CONFIG = {"buffer_size": BUFFER_SIZE, "buffer_count": BUFFER_COUNT, "ring_entries": 8}
 MAX_OPEN = 6  # registered at once
-# API.md orders a datasync after earlier writes and appends after appends, but says nothing
-# about two overlapping writes in flight at once (io_uring may run them in either order).
+# docs/contract.md orders a datasync after earlier writes (guarantee 2) and appends after
+# appends (guarantee 3), but says nothing about two overlapping writes in flight at once
+# (io_uring may run them in either order).
 # By default the machine waits for the earlier one first; STORAGE_IO_STATEFUL_OVERLAP=1 lets
 # them overlap and checks that the last submitted wins (docs/reliability.md, open question).
 ALLOW_OVERLAP = os.environ.get("STORAGE_IO_STATEFUL_OVERLAP") == "1"
@@ -97,7 +98,8 @@ class File:
         self.handle = handle
         self.expected = bytearray(content)
         # Appends go to the size at registration plus every append since, whatever
-        # positional writes did to the file meanwhile (API.md register_fd, submit_append).
+        # positional writes did to the file meanwhile (docs/contract.md, "Methods": register_fd,
+        # submit_append).
         self.append_position = len(content)
         self.o_append = o_append
         self.registered = True
@@ -135,7 +137,7 @@ class StorageMachine(RuleBasedStateMachine):
         self.foreign = SyncStorageIo()
         path = os.path.join(self.dir, "foreign")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        self.foreign_handle = self.foreign.register_fd(fd)
+        self.foreign_fd = self.foreign.register_fd(fd)
         os.close(fd)
 
     # -- helpers -------------------------------------------------------------------------
@@ -287,7 +289,7 @@ class StorageMachine(RuleBasedStateMachine):
     def foreign_handle(self, which: str, forged: tuple, source: str) -> None:
         slot, generation_high, generation = forged
         handle: Any = {
-            "other instance": self.foreign_handle,
+            "other instance": self.foreign_fd,
             "forged": IoFd(new_instance_id(), slot, generation or generation_high),
             "not an IoFd": slot,
         }[source]

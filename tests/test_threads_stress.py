@@ -94,6 +94,8 @@ class Worker:
     def run(self, start: threading.Barrier) -> None:
         io, tid, rng = self.io, self.tid, random.Random(self.tid)
         start.wait()
+        method: Any
+        args: tuple[Any, ...]
         for seq in range(self.ops):
             kind = seq % 8
             if kind in (0, 1, 2):
@@ -202,7 +204,7 @@ def test_eight_threads_each_with_its_own_instance(make_io, tmp_path):
     assert_slots((tmp_path / "slots").read_bytes(), written)
 
 
-# -- fork while threads keep the instance busy (uring only: API.md guarantee 9) -----------
+# -- fork while threads keep the instance busy (uring only: docs/contract.md guarantee 9) --
 
 
 def child_checks(io: Any, fd: Any, kind: str, directory: str) -> int:

@@ -1,4 +1,4 @@
-"""API.md "Where io_uring is missing", provoked for real in a child process:
+"""docs/contract.md "When io_uring is missing", provoked for real in a child process:
 
 - a seccomp filter (installed with ctypes: PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with a
   hand-written BPF program) makes io_uring_setup (syscall 425 on x86_64 and aarch64) fail
@@ -197,7 +197,7 @@ def assert_refused(results: dict[str, Any], cause_words: tuple[str, ...]) -> Non
     """The checks of the CHECKS script, for a cause that stops every io_uring ring."""
 
     def names_cause(text: str | None) -> bool:
-        return bool(text) and any(w.lower() in text.lower() for w in cause_words)
+        return text is not None and any(w.lower() in text.lower() for w in cause_words)
 
     auto = results["auto"]
     assert_works(auto, "sync")

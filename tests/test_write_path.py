@@ -1,5 +1,5 @@
-"""How the io_uring backend moves writes, where API.md leaves it to the implementation and
-docs/performance.md explains why: long runs of writes flushed in the background, and
+"""How the io_uring backend moves writes, where docs/contract.md leaves it to the implementation
+and docs/performance.md explains why: long runs of writes flushed in the background, and
 batches written in the waiting caller's thread. Each test checks the bytes too."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
+from storage_io import IoCompletion
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -100,7 +101,7 @@ def test_waiting_with_a_short_timeout_leaves_the_batch_to_the_ring(make_uring_io
     io = make_uring_io()
     fd = register_path(io, tmp_path / "f")
     tokens = [io.submit_append(fd, b"x" * 100) for _ in range(10)]
-    completions = []
+    completions: list[IoCompletion] = []
     while len(completions) < len(tokens):
         completions += io.wait(len(tokens), timeout=0.5)
     assert sorted(c.token for c in completions) == sorted(tokens)

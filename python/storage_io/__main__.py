@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import bench
+from . import __version__, bench
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m storage_io",
         description="storage_io: submission/completion writes for logs on disk.",
     )
+    parser.add_argument("--version", action="version", version=f"storage_io {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     bench_parser = commands.add_parser(
         "bench",

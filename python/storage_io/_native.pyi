@@ -20,6 +20,7 @@ __all__ = [
     "IoUringConfig",
     "IoFd",
     "IoCompletion",
+    "descriptor_for_writes",
     "new_instance_id",
     "UringStorageIo",
 ]
