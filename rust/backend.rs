@@ -239,6 +239,9 @@ pub struct UringBackend {
     released: Vec<(u64, u32, Held)>,
     /// submit_* calls since the last flush/poll/wait/wait_for (what flush() reports).
     submits_since_flush: usize,
+    /// Stream operations queued behind another of their stream, all streams (`streams`):
+    /// kept as a count because every call looks at it.
+    stream_ops_waiting: usize,
     datasyncs_in_caller: u64,
     writes_in_caller: u64,
     counts: OperationCounts,
@@ -280,6 +283,7 @@ impl UringBackend {
             held_count: 0,
             released: Vec::new(),
             submits_since_flush: 0,
+            stream_ops_waiting: 0,
             datasyncs_in_caller: 0,
             writes_in_caller: 0,
             counts: OperationCounts::default(),
@@ -690,6 +694,9 @@ impl UringBackend {
         let queue = self.file_at(slot).stream.as_mut().expect("a stream");
         queue.check_room(bytes).map_err(BackendError::QueueFull)?;
         let admitted = queue.admit(make(token));
+        if admitted.is_none() {
+            self.stream_ops_waiting += 1;
+        }
         let taken = self.manager.reserve_token();
         debug_assert_eq!(taken, token);
         self.outstanding += 1;
@@ -781,6 +788,7 @@ impl UringBackend {
         file.operations -= completed;
         if let Some(queue) = file.stream.as_mut() {
             if let Some(next) = queue.finished() {
+                self.stream_ops_waiting -= 1;
                 self.send_stream_op(slot, next);
             }
             return;
@@ -1050,11 +1058,7 @@ impl UringBackend {
 
     /// Stream operations waiting behind another of their stream (see `streams`).
     pub fn stream_ops_waiting(&self) -> usize {
-        self.slots
-            .iter()
-            .filter_map(|s| s.file.as_ref()?.stream.as_ref())
-            .map(crate::streams::StreamQueue::waiting)
-            .sum()
+        self.stream_ops_waiting
     }
 
     /// Nothing in flight any more, background flushes included.

@@ -939,7 +939,7 @@ mod uring {
         /// the defaults). Raises UringUnavailableError saying why when io_uring cannot be
         /// used here, ValueError for an invalid config.
         #[new]
-        #[pyo3(signature = (core_id = None, config = None))]
+        #[pyo3(signature = (core_id = None, config = None), text_signature = "(core_id=0, config=None)")]
         fn new(
             py: Python<'_>,
             core_id: Option<&Bound<'_, PyAny>>,
@@ -1083,7 +1083,10 @@ mod uring {
         /// Flushes, then blocks (without the GIL) until at least `min_complete` completions
         /// are ready or `timeout` seconds pass, and returns all the ready ones. Completions
         /// a wait_for() is waiting for are never among them.
-        #[pyo3(signature = (min_complete = None, timeout = None))]
+        #[pyo3(
+            signature = (min_complete = None, timeout = None),
+            text_signature = "($self, min_complete=1, timeout=None)"
+        )]
         fn wait<'py>(
             &self,
             py: Python<'py>,

@@ -100,7 +100,13 @@ impl ReadOp {
                     bytes.reserve_exact(more);
                 }
                 let room = (bytes.capacity() - bytes.len()).min(want);
-                let pointer = bytes.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+                // Zeroed first: the bytes the kernel writes are then initialised in every
+                // tool's eyes (valgrind does not see the kernel write them), and a count the
+                // kernel got wrong could never expose stale heap memory. A memset is small
+                // next to the read it precedes.
+                let spare = &mut bytes.spare_capacity_mut()[..room];
+                spare.fill(std::mem::MaybeUninit::new(0));
+                let pointer = spare.as_mut_ptr().cast::<u8>();
                 opcode::Read::new(file, pointer, room as u32)
                     .offset(offset)
                     .build()

@@ -22,6 +22,7 @@ __all__ = [
     "IoCompletion",
     "descriptor_for_writes",
     "new_instance_id",
+    "descriptor_for_writes",
     "UringStorageIo",
 ]
 
