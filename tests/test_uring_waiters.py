@@ -67,7 +67,7 @@ def test_poll_gets_completions_while_a_sleeper_waits_for_more(uring_io, tmp_path
     token = io.submit_append(fd, b"polled")
     io.flush()
     deadline = time.monotonic() + 10
-    seen = []
+    seen: list = []
     while not seen and time.monotonic() < deadline:
         seen = [c for c in io.poll_completions() if c.token == token]
         time.sleep(0.005)
