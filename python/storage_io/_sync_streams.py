@@ -7,6 +7,10 @@ in submission order, each whole, with neither the instance lock nor the GIL held
 completes them. The worker exists only while its queue is not empty, so an idle stream costs
 no thread. The queue is bounded (API.md "Bounded memory"): past the bounds submit_* raises
 `QueueFullError` instead of buffering without limit.
+
+`_StreamWorkers` is a part of `SyncStorageIo`, not a class of its own: its methods use the
+instance's lock, token counter and completion queue directly, as the rest of the backend
+does, so a stream's completions are handed back by the same code as a file's.
 """
 
 from __future__ import annotations
@@ -15,10 +19,15 @@ import errno
 import os
 import select
 import stat
+import threading
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._native import IoCompletion, QueueFullError
 from ._sync_file_io import _READ_CHUNK, _datasync
+
+if TYPE_CHECKING:
+    from .sync_backend import _RegisteredFile
 
 # Bounds of one stream registration's queue (API.md "Bounded memory"): past them submit_*
 # raises QueueFullError. One operation of any size is accepted when nothing is queued.
@@ -111,3 +120,89 @@ def _is_stream(descriptor: int, mode: int) -> bool:
             return True
         raise
     return False
+
+
+class _StreamWorkers:
+    """The stream operations of `SyncStorageIo`: queueing them, and the worker that runs
+    them (mixed into the backend class; the state is the instance's)."""
+
+    if TYPE_CHECKING:
+        # The instance state these methods use. It lives in SyncStorageIo's own __slots__
+        # (two bases with slots of their own cannot be mixed), so the type checker alone
+        # is told these names are slots.
+        __slots__ = ("_next_token", "_failed", "_bytes_written", "_bytes_read")
+        _lock: threading.Lock
+        _cond: threading.Condition
+        _next_token: int
+        _in_flight: set[int]
+        _ready: list[IoCompletion]
+        _failed: int
+        _bytes_written: int
+        _bytes_read: int
+    else:
+        __slots__ = ()
+
+    def _queue_on_stream(self, record: _RegisteredFile, kind: int, payload: Any, size: int) -> int:
+        """Queue an operation for a stream's worker (started if idle); return its token."""
+        stream = record.stream
+        assert stream is not None
+        queued = stream.operations
+        if queued and (
+            len(queued) >= STREAM_MAX_OPERATIONS or stream.queued_bytes + size > STREAM_MAX_BYTES
+        ):
+            raise QueueFullError(
+                f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
+                "waiting for this descriptor; wait for completions and retry"
+            )
+        if not stream.running:
+            # Started first (it waits for the lock we hold), so that a thread that cannot
+            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
+            # holds this instance until its queue is empty, so a dropped instance is
+            # finalized only once its streams are done: never waited for.
+            threading.Thread(
+                target=self._run_stream,
+                args=(stream, record.descriptor),
+                name="storage_io-stream",
+                daemon=True,
+            ).start()
+            stream.running = True
+        token = self._next_token
+        self._next_token = token + 1
+        queued.append((token, kind, payload))
+        stream.queued_bytes += size
+        self._in_flight.add(token)
+        return token
+
+    def _run_stream(self, stream: _Stream, descriptor: int) -> None:
+        """The worker of one stream: its operations one at a time, in submission order,
+        the I/O with neither the lock nor the GIL held. The descriptor stays open while it
+        runs: deregister_fd() and close() wait for `stream.running` to drop."""
+        while True:
+            with self._lock:
+                if not stream.operations:
+                    stream.running = False
+                    self._cond.notify_all()  # a deregister_fd/close may wait for this
+                    return
+                token, kind, payload = stream.operations[0]
+            try:
+                result, data = _perform_stream_operation(descriptor, kind, payload)
+            except BaseException:  # e.g. MemoryError: the token must still complete
+                result, data = -errno.EIO, None
+            with self._lock:
+                stream.operations.popleft()
+                if kind == _WRITE:
+                    stream.queued_bytes -= len(payload)
+                self._in_flight.discard(token)
+                self._ready.append(self._stream_completion(token, kind, result, data))
+                self._cond.notify_all()
+
+    def _stream_completion(self, token: int, kind: int, result: int, data: Any) -> IoCompletion:
+        if result < 0:
+            self._failed += 1
+        elif kind == _WRITE:
+            self._bytes_written += result
+        elif kind == _READ:
+            self._bytes_read += result
+        if data is None:
+            return IoCompletion(token, result)
+        return IoCompletion(token, result, data)

@@ -28,14 +28,13 @@ import os
 import stat
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._native import (
     BadFdError,
     ClosedError,
     IoCompletion,
     IoFd,
-    QueueFullError,
     descriptor_for_writes,
     new_instance_id,
 )
@@ -58,8 +57,8 @@ from ._sync_streams import (
     _SYNC,
     _WRITE,
     _is_stream,
-    _perform_stream_operation,
     _Stream,
+    _StreamWorkers,
 )
 
 # The stream queue's bounds, importable from here where they were first defined.
@@ -108,7 +107,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class SyncStorageIo(StorageIo):
+class SyncStorageIo(_StreamWorkers, StorageIo):
     """The portable backend: performs each operation on a regular file inline at
     submission, and each operation on a pipe or socket in a worker thread of its own, and
     returns the completions from `poll_completions()`, `wait()` and `wait_for()`.
@@ -454,73 +453,6 @@ class SyncStorageIo(StorageIo):
         if self._waiters:
             self._cond.notify_all()
         return token
-
-    # -- streams ----------------------------------------------------------------------
-
-    def _queue_on_stream(self, record: _RegisteredFile, kind: int, payload: Any, size: int) -> int:
-        """Queue an operation for a stream's worker (started if idle); return its token."""
-        stream = record.stream
-        assert stream is not None
-        queued = stream.operations
-        if queued and (
-            len(queued) >= STREAM_MAX_OPERATIONS or stream.queued_bytes + size > STREAM_MAX_BYTES
-        ):
-            raise QueueFullError(
-                f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
-                "waiting for this descriptor; wait for completions and retry"
-            )
-        if not stream.running:
-            # Started first (it waits for the lock we hold), so that a thread that cannot
-            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
-            # holds this instance until its queue is empty, so a dropped instance is
-            # finalized only once its streams are done: never waited for.
-            threading.Thread(
-                target=self._run_stream,
-                args=(stream, record.descriptor),
-                name="storage_io-stream",
-                daemon=True,
-            ).start()
-            stream.running = True
-        token = self._next_token
-        self._next_token = token + 1
-        queued.append((token, kind, payload))
-        stream.queued_bytes += size
-        self._in_flight.add(token)
-        return token
-
-    def _run_stream(self, stream: _Stream, descriptor: int) -> None:
-        """The worker of one stream: its operations one at a time, in submission order,
-        the I/O with neither the lock nor the GIL held. The descriptor stays open while it
-        runs: deregister_fd() and close() wait for `stream.running` to drop."""
-        while True:
-            with self._lock:
-                if not stream.operations:
-                    stream.running = False
-                    self._cond.notify_all()  # a deregister_fd/close may wait for this
-                    return
-                token, kind, payload = stream.operations[0]
-            try:
-                result, data = _perform_stream_operation(descriptor, kind, payload)
-            except BaseException:  # e.g. MemoryError: the token must still complete
-                result, data = -errno.EIO, None
-            with self._lock:
-                stream.operations.popleft()
-                if kind == _WRITE:
-                    stream.queued_bytes -= len(payload)
-                self._in_flight.discard(token)
-                self._ready.append(self._stream_completion(token, kind, result, data))
-                self._cond.notify_all()
-
-    def _stream_completion(self, token: int, kind: int, result: int, data: Any) -> IoCompletion:
-        if result < 0:
-            self._failed += 1
-        elif kind == _WRITE:
-            self._bytes_written += result
-        elif kind == _READ:
-            self._bytes_read += result
-        if data is None:
-            return IoCompletion(token, result)
-        return IoCompletion(token, result, data)
 
     # -- completions ------------------------------------------------------------------
 
