@@ -127,10 +127,7 @@ class _StreamWorkers:
     them (mixed into the backend class; the state is the instance's)."""
 
     if TYPE_CHECKING:
-        # The instance state these methods use. It lives in SyncStorageIo's own __slots__
-        # (two bases with slots of their own cannot be mixed), so the type checker alone
-        # is told these names are slots.
-        __slots__ = ("_next_token", "_failed", "_bytes_written", "_bytes_read")
+        # The instance state these methods use: it lives in SyncStorageIo's __slots__.
         _lock: threading.Lock
         _cond: threading.Condition
         _next_token: int
@@ -140,6 +137,9 @@ class _StreamWorkers:
         _bytes_written: int
         _bytes_read: int
     else:
+        # No slots of its own, so that a SyncStorageIo still has no __dict__. Hidden from
+        # the type checker, which would otherwise hold the assignments below to this
+        # class's (empty) slots rather than to those of SyncStorageIo.
         __slots__ = ()
 
     def _queue_on_stream(self, record: _RegisteredFile, kind: int, payload: Any, size: int) -> int:
