@@ -19,8 +19,6 @@ pub mod reads;
 #[cfg(target_os = "linux")]
 pub mod ring;
 #[cfg(target_os = "linux")]
-pub mod streams;
-#[cfg(target_os = "linux")]
 pub mod waiters;
 
 #[cfg(all(feature = "python", target_os = "linux"))]
