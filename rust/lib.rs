@@ -15,8 +15,6 @@ pub mod handback;
 #[cfg(target_os = "linux")]
 pub mod manager;
 #[cfg(target_os = "linux")]
-pub mod reads;
-#[cfg(target_os = "linux")]
 pub mod ring;
 #[cfg(target_os = "linux")]
 pub mod waiters;

@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 
 use super::errors::BackendError;
 use super::UringBackend;
-use crate::reads::STREAM_OFFSET;
+use crate::manager::STREAM_OFFSET;
 
 /// Queued operations past this many are refused (QueueFullError).
 pub const MAX_QUEUED_OPERATIONS: usize = 1024;
