@@ -19,7 +19,5 @@ pub mod ring;
 #[cfg(target_os = "linux")]
 pub mod waiters;
 
-#[cfg(all(feature = "python", target_os = "linux"))]
-mod fastcall;
 #[cfg(feature = "python")]
 mod python;
