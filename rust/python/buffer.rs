@@ -62,9 +62,8 @@ impl BufferView {
             return Err(PyErr::fetch(obj.py()));
         }
         // SAFETY: GetBuffer succeeded, so the struct is initialised.
-        Ok(Self {
-            raw: unsafe { raw.assume_init() },
-        })
+        let raw = unsafe { raw.assume_init() };
+        Ok(Self { raw })
     }
 
     pub(super) fn as_slice(&self) -> &[u8] {
