@@ -84,7 +84,7 @@ MIN_SEGMENT_BYTES = 64
 HANDOFF_BYTES = 1 << 20
 # The timeout of a non-blocking look at the commit in flight (`poll`, `durable_lsn`). 0 by
 # the contract; a microsecond because UringStorageIo.wait_for(timeout=0) returns before
-# sending a datasync its collection just released (api branch, rust/waiters.rs block_on),
+# sending a datasync its collection just released (api branch, rust/waiters/shared.rs block_on),
 # so a log driven only by probes never advanced. Back to 0 once that is fixed.
 PROBE_TIMEOUT_S = 1e-6
 # How long a commit may wait for the threads the previous one released to ask again
