@@ -28,9 +28,9 @@ impl Unflushed {
 }
 
 /// The largest range one ranged fsync SQE takes (its length is a u32), in whole pages.
-pub(super) const MAX_FLUSH_RANGE: u64 = u32::MAX as u64 & !(PAGE as u64 - 1);
+const MAX_FLUSH_RANGE: u64 = u32::MAX as u64 & !(PAGE as u64 - 1);
 
-pub(super) const PAGE: usize = crate::config::PAGE_SIZE;
+const PAGE: usize = crate::config::PAGE_SIZE;
 
 impl UringBackend {
     /// Flushes the file's completed, not yet flushed bytes in the background once there are

@@ -139,7 +139,7 @@ impl UringBackend {
 
 /// pwrite of all of `bytes` at `offset`, continuing short writes: the bytes written, and
 /// the errno that stopped it before the end, if one did.
-pub(super) fn pwrite_all(fd: RawFd, bytes: &[u8], offset: u64) -> WorkOutcome {
+fn pwrite_all(fd: RawFd, bytes: &[u8], offset: u64) -> WorkOutcome {
     let mut done = 0;
     while done < bytes.len() {
         let rest = &bytes[done..];

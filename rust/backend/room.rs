@@ -10,7 +10,7 @@ use super::UringBackend;
 /// Private copies of writes larger than the pool past this many bytes (or the pool's size,
 /// if larger) make `submit_*` wait: as much again as the pool, so a large write never waits
 /// for less than a pool's worth in flight.
-pub(super) const MIN_PRIVATE_BYTES: usize = 16 << 20;
+const MIN_PRIVATE_BYTES: usize = 16 << 20;
 
 impl UringBackend {
     /// Whether a write of `len` bytes can be copied in now without waiting for buffers.

@@ -98,7 +98,7 @@ impl StreamQueue {
 // next one to the ring.
 
 /// The tag of a stream's writes, which have no write sequence.
-pub(super) const STREAM_WRITE_TAG: u64 = u64::MAX;
+const STREAM_WRITE_TAG: u64 = u64::MAX;
 
 impl UringBackend {
     /// An operation on a stream: to the ring if nothing of the stream is there, else queued

@@ -21,11 +21,11 @@ use crate::waiters::{Shared, WaitError};
 
 /// Bumped in every child after fork(): an instance remembers the value it was made under,
 /// and a mismatch means "inherited from a parent", whose ring this process must not drive.
-pub(super) static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-pub(super) static WATCH_FORKS: Once = Once::new();
+static WATCH_FORKS: Once = Once::new();
 
-pub(super) extern "C" fn after_fork_in_child() {
+extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
 }
 

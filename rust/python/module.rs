@@ -11,7 +11,7 @@ use super::errors::{
 };
 use super::values::{PyIoCompletion, PyIoFd, PyIoUringConfig, PyRingMode};
 
-pub(super) static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_INSTANCE_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A process-wide unique id for a backend instance (both backends take one), so a handle
 /// from one instance is recognised as foreign by another.
@@ -24,7 +24,7 @@ pub(super) fn new_instance_id() -> u64 {
 /// offsets: a duplicate, or where `fd` has O_APPEND (which makes Linux ignore write
 /// offsets) a reopening without it. Both backends keep one of these per registered file.
 #[pyfunction]
-pub(super) fn descriptor_for_writes(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<i32> {
+fn descriptor_for_writes(py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<i32> {
     let raw = file_descriptor(fd)?;
     let owned = py
         .detach(|| crate::descriptor::descriptor_for_writes(raw))
