@@ -24,6 +24,14 @@ __all__ = [
     "new_instance_id",
     "descriptor_for_writes",
     "UringStorageIo",
+    # storage_io.wal's native core (rust/wal/binding.rs)
+    "WalFramer",
+    "WalReplay",
+    "recover_segments",
+    "encode_segment_header",
+    "WAL_FORMAT_VERSION",
+    "WAL_SEGMENT_HEADER_LEN",
+    "WAL_RECORD_HEADER_LEN",
 ]
 
 class _HasFileno(Protocol):

@@ -82,11 +82,6 @@ MIN_SEGMENT_BYTES = 64
 # Framed bytes handed to the StorageIo as appends go, without waiting: large enough that a
 # write costs the kernel little per byte, small enough that the disk starts early.
 HANDOFF_BYTES = 1 << 20
-# The timeout of a non-blocking look at the commit in flight (`poll`, `durable_lsn`). 0 by
-# the contract; a microsecond because UringStorageIo.wait_for(timeout=0) returns before
-# sending a datasync its collection just released (api branch, rust/waiters/shared.rs block_on),
-# so a log driven only by probes never advanced. Back to 0 once that is fixed.
-PROBE_TIMEOUT_S = 1e-6
 # How long a commit may wait for the threads the previous one released to ask again
 # (see Wal._holding): a fraction of an fdatasync (~0.3-1 ms here), several times the time a
 # thread takes to wake, append and sync.
@@ -620,7 +615,7 @@ class Wal:
         if timeout != 0:
             self._lock.release()
         try:
-            completions = _wait_for(self.io, tokens, PROBE_TIMEOUT_S if timeout == 0 else timeout)
+            completions = _wait_for(self.io, tokens, timeout)
         except TimeoutError:
             pass
         except Exception as exc:
@@ -723,7 +718,7 @@ class Wal:
 
         For event loops (``storage_io.aio.AsyncWal`` calls it when the `StorageIo`'s
         completion eventfd fires): if the commit in flight has completed, collects it
-        (``io.wait_for(tokens, timeout=0)``; see PROBE_TIMEOUT_S) and advances
+        (``io.wait_for(tokens, timeout=0)``) and advances
         `durable_lsn`; then, if a commit has been asked for and none is in flight, starts
         it (``submit_write``,
         ``submit_datasync``, ``flush``). Never waits for the disk. If a thread is already

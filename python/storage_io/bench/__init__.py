@@ -121,3 +121,4 @@ __all__ = [
 
 # Workload modules beyond W1..W5 (`standard`, imported above): each registers its workloads
 # when imported. A new one adds its line here, e.g. ``from . import wal as _wal``.
+from . import wal as _wal  # noqa: E402, F401  (registers WAL1..WAL4)
