@@ -3,6 +3,7 @@
 //! other methods live with their concern in the sibling files (see `backend`).
 
 use std::io;
+use std::os::fd::RawFd;
 
 use super::files::FileSlot;
 use super::ordering::Held;
@@ -98,6 +99,17 @@ impl UringBackend {
     /// Datasyncs and batches run in the caller's thread inside `wait()`.
     pub fn work_in_caller(&self) -> (u64, u64) {
         (self.datasyncs_in_caller, self.writes_in_caller)
+    }
+
+    /// Signal `eventfd` for every completion the kernel posts (see
+    /// `RingManager::register_eventfd`). A completion is only handed back by `poll`, so a
+    /// waiter reads the eventfd first and then polls until nothing is left.
+    pub fn register_eventfd(&mut self, eventfd: RawFd) -> io::Result<()> {
+        self.manager.register_eventfd(eventfd)
+    }
+
+    pub fn unregister_eventfd(&mut self) -> io::Result<()> {
+        self.manager.unregister_eventfd()
     }
 
     /// Submitted and not yet handed back.

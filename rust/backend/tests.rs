@@ -5,8 +5,9 @@ use super::*;
 use crate::config::{IoUringConfig, RingMode};
 use std::collections::HashMap;
 use std::fs::File;
+use std::io;
 use std::io::Read;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::waiters::{Shared, WaitError};
@@ -113,6 +114,36 @@ fn append(b: &B, h: Handle, data: &[u8]) -> u64 {
             other => return other.unwrap(),
         }
     }
+}
+
+#[test]
+fn a_registered_eventfd_is_signalled_by_a_completion() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("eventfd");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    // SAFETY: creates a new descriptor; no memory of ours is involved.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(raw >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `raw` was just created and nothing else owns it.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let raw_eventfd = eventfd.as_raw_fd();
+    b.run(|b| Ok(b.register_eventfd(raw_eventfd)?)).unwrap();
+    let token = append(&b, h, b"woken");
+    b.flush().unwrap();
+    let mut counter = [0u8; 8];
+    // A blocking read: returns once the kernel has posted the write's CQE.
+    File::from(eventfd.try_clone().unwrap())
+        .read_exact(&mut counter)
+        .unwrap();
+    assert!(u64::from_ne_bytes(counter) >= 1);
+    let done = drain(&b);
+    assert_eq!(done, vec![(token, 5)]);
+    b.run(|b| Ok(b.unregister_eventfd()?)).unwrap();
+    assert!(
+        b.run(|b| Ok(b.unregister_eventfd()?)).is_err(),
+        "nothing left to unregister"
+    );
+    std::fs::remove_file(path).unwrap();
 }
 
 #[test]

@@ -18,9 +18,11 @@
 //!   needs (`SleepTicket`);
 //! - `completion`: reaping CQEs: short writes continued, cancelled work reissued, finished
 //!   operations handed to the backend;
-//! - `reads`: how a read travels through the ring.
+//! - `reads`: how a read travels through the ring;
+//! - `eventfd`: an eventfd the kernel signals for every completion (for event loops).
 
 mod completion;
+mod eventfd;
 mod pending;
 pub mod reads;
 mod ring_manager;

@@ -224,6 +224,23 @@ impl PyUringStorageIo {
         }
     }
 
+    /// Make the kernel signal the eventfd `fd` for every completion it posts, so that an
+    /// event loop can watch it (storage_io.aio does). Read the eventfd, then call
+    /// poll_completions() until it returns nothing: a completion arriving after the read
+    /// signals the eventfd again. The ring keeps its own reference to the eventfd.
+    /// Raises OSError (EBUSY) if one is registered already, (EBADF/EINVAL) if `fd` is
+    /// not an eventfd.
+    fn register_eventfd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let raw = file_descriptor(fd)?;
+        Ok(self.call(py, |b| Ok(b.register_eventfd(raw)?))?)
+    }
+
+    /// Stop signalling the eventfd registered with register_eventfd(). Raises OSError
+    /// (ENXIO) if none is registered.
+    fn unregister_eventfd(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(self.call(py, |b| Ok(b.unregister_eventfd()?))?)
+    }
+
     /// How many submitted operations have not been handed back yet.
     fn pending_count(&self, py: Python<'_>) -> PyResult<usize> {
         Ok(self.call(py, |b| Ok(b.pending_count()))?)
