@@ -24,7 +24,7 @@ __all__ = [
     "new_instance_id",
     "descriptor_for_writes",
     "UringStorageIo",
-    # storage_io.wal's native core (rust/wal/binding.rs)
+    # storage_io.wal's native core (rust/python/wal.rs)
     "WalFramer",
     "WalReplay",
     "recover_segments",
