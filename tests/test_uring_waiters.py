@@ -1,7 +1,7 @@
 """io_uring internals of issue 9: how waiting threads hand the ring to each other.
 
 One thread at a time sleeps in io_uring_enter, waiting for a number of CQEs; a thread that
-starts waiting meanwhile, or polls, must make it wake up (rust/waiters.rs). These cases set
+starts waiting meanwhile, or polls, must make it wake up (rust/waiters/). These cases set
 up a sleeper that waits for several CQEs that cannot come (reads of pipes nobody writes),
 so that only that hand-off can finish the other thread's call. The descriptor cases run on
 every backend (the sync backend shares the native descriptor code).

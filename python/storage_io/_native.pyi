@@ -1,5 +1,5 @@
 # Type stub for the Rust extension module `storage_io._native` (built from rust/ with PyO3).
-# Hand-written: keep it in step with rust/python.rs. The user documentation of the methods
+# Hand-written: keep it in step with rust/python/. The user documentation of the methods
 # lives on the `StorageIo` abstract base class in interface.py.
 
 from collections.abc import Iterable
@@ -24,7 +24,7 @@ __all__ = [
     "new_instance_id",
     "descriptor_for_writes",
     "UringStorageIo",
-    # storage_io.wal's native core (rust/wal/binding.rs)
+    # storage_io.wal's native core (rust/python/wal.rs)
     "WalFramer",
     "WalReplay",
     "recover_segments",
@@ -168,6 +168,10 @@ class UringStorageIo(StorageIo):
     def flush(self) -> int: ...
     def poll_completions(self) -> list[IoCompletion]: ...
     def wait(self, min_complete: int = 1, timeout: float | None = None) -> list[IoCompletion]: ...
+    def register_eventfd(self, fd: int | _HasFileno) -> None:
+        """Signal the eventfd `fd` for every completion the kernel posts (plain
+        IORING_REGISTER_EVENTFD); read it, then poll_completions() until empty."""
+    def unregister_eventfd(self) -> None: ...
     def wait_for(
         self, tokens: Iterable[int], timeout: float | None = None
     ) -> list[IoCompletion]: ...
@@ -177,7 +181,7 @@ class UringStorageIo(StorageIo):
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc_info: object) -> None: ...
 
-# -- storage_io.wal's native core (rust/wal/binding.rs) ------------------------------------
+# -- storage_io.wal's native core (rust/python/wal.rs) ------------------------------------
 
 WAL_FORMAT_VERSION: int
 WAL_SEGMENT_HEADER_LEN: int
