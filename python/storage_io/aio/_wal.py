@@ -113,11 +113,11 @@ class AsyncWal:
 
     @property
     def durable_lsn(self) -> int:
-        # Reading Wal.durable_lsn may collect a finished commit write (and so release its
-        # datasync): send what that released.
-        durable = self._wal.durable_lsn
-        self._send_released()
-        return durable
+        """Every record up to this LSN is durable: what the loop last collected from the
+        log (`Wal.poll`), so reading it costs nothing and never overstates. (Reading
+        `Wal.durable_lsn` would collect a finished commit on the spot: a system call per
+        read, measured as half the time of aio_wal_commit.)"""
+        return self._durable_seen
 
     @property
     def last_lsn(self) -> int:
