@@ -228,17 +228,8 @@ class AsyncWal:
         self._release(durable)
 
     def _send_released(self) -> None:
-        """Collecting a commit's write releases the datasync the backend holds behind it,
-        and nothing else would send it before the next wake-up, which would then never
-        come. The io_uring backend's wait_for() that Wal.poll() makes returns on its
-        timeout without sending released operations (rust/waiters/shared.rs, `Waiting if
-        expired`), and flush() does not send them either; an empty wait_for() does (its
-        "done" path). Remove once the backend sends them on the timeout path too."""
-        wait_for = getattr(self._io, "wait_for", None)
-        if wait_for is not None and not isinstance(self._io, ThreadedStorageIo):
-            wait_for([])
-        else:
-            self._io.flush()
+        """Hand to the kernel whatever this tick queued (a commit's write and datasync)."""
+        self._io.flush()
 
     def _release(self, durable: int) -> None:
         waiters = self._waiters
