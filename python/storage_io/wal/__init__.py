@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._native import (
+from .._native import (
     WAL_SEGMENT_HEADER_LEN,
     BufferExhaustedError,
     ClosedError,
@@ -58,15 +58,15 @@ from ._native import (
     encode_segment_header,
     recover_segments,
 )
-from .selection import open_storage_io
+from ..selection import open_storage_io
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Buffer, Self
 
-    from ._native import IoCompletion, IoFd
-    from .interface import StorageIo
+    from .._native import IoCompletion, IoFd
+    from ..interface import StorageIo
 
 __all__ = [
     "Wal",
