@@ -40,8 +40,8 @@ class Wal(_Recovery):
     `commit` asks for everything appended so far to be made durable and `wait_durable`
     waits for it (`sync` does both); `durable_lsn` says how far the disk is. Many threads
     may append, commit and wait at once; they share ``fdatasync``s. `replay` reads the
-    durable records back. See the module docstring for how it works and
-    docs/wal-format.md for the files.
+    durable records back. See the docstring of the package (``help(storage_io.wal)``) for
+    how it works and docs/wal-format.md for the files.
     """
 
     io: StorageIo
