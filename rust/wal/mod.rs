@@ -3,7 +3,7 @@
 //! replay (`scan`). Its PyO3 crossing is `python::wal`, built only with the `python` feature.
 //!
 //! The log's policy that needs the `StorageIo` (group commit, poisoning, the lock, segment
-//! files) lives in Python (`python/storage_io/wal.py`): it is I/O orchestration, not per-byte
+//! files) lives in Python (`python/storage_io/wal/`): it is I/O orchestration, not per-byte
 //! work, and it must run on any backend.
 
 pub mod format;
