@@ -1,7 +1,7 @@
 """The asyncio workloads (bench/aio.py) in the bench command: reachable by their names, out
-of the default run, their own figures (records per fdatasync, the loop's lag), an optional
-baseline that is not installed reported as skipped with the reason, and a file or log that
-does not hold exactly the records written reported as WRONG.
+of the default run (as the log's, bench/wal.py), their own figures (records per fdatasync,
+the loop's lag), an optional baseline that is not installed reported as skipped with the
+reason, and a file or log that does not hold exactly the records written reported as WRONG.
 
 Their timed runs at reduced scale, on every implementation, are test_bench_workloads.py's
 (generated from the registry). Tiny scales here: these check the tooling.
@@ -33,9 +33,13 @@ def _rows(out: str, workload_id: str) -> dict[str, str]:
     return {line.split()[2]: line for line in lines}
 
 
-def test_the_names_of_issue_11_pick_the_aio_workloads_and_the_default_leaves_them_out() -> None:
+def test_the_names_of_issues_10_and_11_pick_their_workloads_and_the_default_leaves_them_out() -> (
+    None
+):
     assert _parse(["--workload", "aio_append_4k,aio_wal_commit"]).workload == ["A1", "A2"]
-    assert "A1" not in _parse([]).workload and "A2" not in _parse([]).workload
+    log = "wal_append_256,wal_group_commit,wal_replay,wal_replay_256"
+    assert _parse(["--workload", log]).workload == ["WAL1", "WAL2", "WAL3", "WAL4"]
+    assert _parse([]).workload == ["W1", "W2", "W3", "W4", "W5"]
 
 
 def test_a_missing_optional_baseline_is_skipped_with_the_reason(

@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar
 
 import pytest
 
+uvloop: Any
 try:
     import uvloop
 except ImportError:  # pragma: no cover - the test extra installs it
@@ -45,6 +46,7 @@ def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DE
             pytest.fail(f"did not finish within {deadline_s} s: a lost wake-up or a hang")
         return task.result()
 
+    loop: asyncio.AbstractEventLoop
     if loop_kind == "uvloop":
         if uvloop is None:
             pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from storage_io import IoCompletion, Wal
+from storage_io import IoCompletion, StorageIo, Wal
 
 
 def payload_for(lsn: int, size: int | None = None) -> bytes:
@@ -32,7 +32,7 @@ def replayed(wal: Wal, from_lsn: int | None = None) -> list[tuple[int, bytes]]:
     return list(wal.replay(from_lsn))
 
 
-class WrappedIo:
+class WrappedIo(StorageIo):
     """A `StorageIo` that forwards everything to `inner`, counts submissions, and can make
     datasyncs fail (their completion carries `-fail_errno`) or hold completions back."""
 
@@ -46,12 +46,42 @@ class WrappedIo:
         self.gate = threading.Event()  # cleared: wait_for acts as if nothing completed
         self.gate.set()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def backend(self) -> str:
+        return self.inner.backend  # type: ignore[no-any-return]
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.inner.fallback_reason  # type: ignore[no-any-return]
+
+    @property
+    def closed(self) -> bool:
+        return self.inner.closed  # type: ignore[no-any-return]
+
+    def register_fd(self, file: Any) -> Any:
+        return self.inner.register_fd(file)
+
+    def deregister_fd(self, fd: Any) -> None:
+        self.inner.deregister_fd(fd)
 
     def submit_write(self, fd: Any, data: Any, offset: int) -> int:
         self.writes += 1
         return self.inner.submit_write(fd, data, offset)  # type: ignore[no-any-return]
+
+    def submit_append(self, fd: Any, data: Any) -> int:
+        self.writes += 1
+        return self.inner.submit_append(fd, data)  # type: ignore[no-any-return]
+
+    def submit_writev(self, fd: Any, buffers: Any, offset: int) -> int:
+        self.writes += 1
+        return self.inner.submit_writev(fd, buffers, offset)  # type: ignore[no-any-return]
+
+    def submit_appendv(self, fd: Any, buffers: Any) -> int:
+        self.writes += 1
+        return self.inner.submit_appendv(fd, buffers)  # type: ignore[no-any-return]
+
+    def submit_read(self, fd: Any, length: int, offset: int) -> int:
+        return self.inner.submit_read(fd, length, offset)  # type: ignore[no-any-return]
 
     def submit_datasync(self, fd: Any) -> int:
         self.datasyncs += 1
@@ -60,13 +90,16 @@ class WrappedIo:
             self.doomed.add(token)
         return token
 
+    def flush(self) -> int:
+        return self.inner.flush()  # type: ignore[no-any-return]
+
     def _fix(self, completions: list[Any]) -> list[Any]:
         return [
             IoCompletion(c.token, -self.fail_errno) if c.token in self.doomed else c
             for c in completions
         ]
 
-    def wait_for(self, tokens: list[int], timeout: float | None = None) -> list[Any]:
+    def wait_for(self, tokens: Any, timeout: float | None = None) -> list[Any]:
         if not self.gate.wait(timeout):
             raise TimeoutError("held back by the test")
         return self._fix(self.inner.wait_for(tokens, timeout))
@@ -76,6 +109,15 @@ class WrappedIo:
 
     def wait(self, min_complete: int = 1, timeout: float | None = None) -> list[Any]:
         return self._fix(self.inner.wait(min_complete, timeout))
+
+    def pending_count(self) -> int:
+        return self.inner.pending_count()  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[str, int]:
+        return self.inner.metrics()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def run_threads(target: Callable[[int], Any], count: int, timeout_s: float = 60.0) -> list[Any]:

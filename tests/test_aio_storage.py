@@ -28,7 +28,8 @@ def test_write_append_datasync_read_round_trip(io: Any, loop_kind: str, tmp_path
             assert await aio.append(fd, b"abc") == 3
             assert await aio.append(fd, bytearray(b"def")) == 3
             assert await aio.write(fd, memoryview(b"XY"), 1) == 2
-            assert await aio.datasync(fd) is None
+            result = await aio.datasync(fd)  # type: ignore[func-returns-value]
+            assert result is None  # the contract: None once durable
             assert await aio.read(fd, 100, 0) == b"aXYdef"
             assert await aio.read(fd, 2, 4) == b"ef"
             assert await aio.read(fd, 10, 100) == b""
@@ -221,27 +222,11 @@ def test_bound_to_the_loop_of_first_use(io: Any, tmp_path: Path) -> None:
 # -- streams -------------------------------------------------------------------------------
 
 
-def _what_the_io_does_with_a_pipe(io: Any) -> int:
-    """The result a plain write to a pipe completes with on this io (API.md: a stream
-    descriptor gets what the backend gives it; the sync backend's pwrite refuses pipes)."""
-    read_end, write_end = os.pipe()
-    try:
-        fd = io.register_fd(write_end)
-        token = io.submit_write(fd, b"p", 0)
-        (completion,) = io.wait(min_complete=1, timeout=5.0)
-        assert completion.token == token
-        io.deregister_fd(fd)
-        return completion.result  # type: ignore[no-any-return]
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
 @on_each_loop
 def test_a_pipe_written_while_another_task_reads_it(io: Any, loop_kind: str) -> None:
     """More than a pipe holds goes through the writer while a reader task on the same loop
-    drains it: neither side may block the loop."""
-    expected = _what_the_io_does_with_a_pipe(io)
+    drains it: neither side may block the loop. Pipes are streams on every backend
+    (docs/contract.md): each write leaves whole, in call order."""
     chunks = [pattern(16_384, seed=i) for i in range(64)]  # 1 MiB: 16 pipe buffers
 
     async def main() -> bytes:
@@ -255,11 +240,6 @@ def test_a_pipe_written_while_another_task_reads_it(io: Any, loop_kind: str) -> 
                 lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb")
             )
             try:
-                if expected < 0:
-                    with pytest.raises(OSError) as raised:
-                        await aio.write(fd, chunks[0], 0)
-                    assert raised.value.errno == -expected
-                    return b""
                 reading = asyncio.ensure_future(reader.readexactly(len(chunks) * 16_384))
                 for chunk in chunks:
                     assert await aio.write(fd, chunk, 0) == len(chunk)
@@ -268,5 +248,4 @@ def test_a_pipe_written_while_another_task_reads_it(io: Any, loop_kind: str) -> 
                 transport.close()
 
     received = run(main, loop_kind, deadline_s=30)
-    if expected >= 0:
-        assert received == b"".join(chunks)
+    assert received == b"".join(chunks)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -249,13 +250,13 @@ def test_help_documents_every_public_method(io):
 def _help_text(cls) -> str:
     import pydoc
 
-    return pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    return pydoc.render_doc(cls, renderer=pydoc.plaintext)  # type: ignore[attr-defined]  # typeshed lacks pydoc.plaintext
 
 
 # -- fork ------------------------------------------------------------------------------------
 
 
-def in_forked_child(fn) -> object:
+def in_forked_child(fn) -> Any:
     """Run fn() in a forked child; return what it returned (JSON), or fail the test."""
     r, w = os.pipe()
     pid = os.fork()
@@ -282,8 +283,8 @@ def test_every_call_in_a_forked_child_raises_closed_error(io, tmp_path):
     before = io.submit_append(fd, b"parent1 ")
     io.flush()
 
-    def child() -> object:
-        outcomes = {}
+    def child() -> dict[str, object]:
+        outcomes: dict[str, object] = {}
         calls = calls_on(io, fd)
         calls["close"] = io.close
         for name, call in calls.items():

@@ -14,6 +14,7 @@ import random
 import statistics
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -35,7 +36,7 @@ AT_ONCE_S = 0.05
 PIPE_WRITE = 1 << 20  # far more than a pipe holds: stays in flight until the test reads
 
 
-def stuck_operation(io, how: str) -> tuple[int, object]:
+def stuck_operation(io, how: str) -> tuple[int, Callable[[], None]]:
     """Submit an operation that cannot finish until `release()` is called; return its token
     and `release`."""
     r, w = os.pipe()

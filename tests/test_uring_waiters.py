@@ -1,7 +1,7 @@
 """io_uring internals of issue 9: how waiting threads hand the ring to each other.
 
 One thread at a time sleeps in io_uring_enter, waiting for a number of CQEs; a thread that
-starts waiting meanwhile, or polls, must make it wake up (rust/waiters.rs). These cases set
+starts waiting meanwhile, or polls, must make it wake up (rust/waiters/). These cases set
 up a sleeper that waits for several CQEs that cannot come (reads of pipes nobody writes),
 so that only that hand-off can finish the other thread's call. The descriptor cases run on
 every backend (the sync backend shares the native descriptor code).
@@ -67,7 +67,7 @@ def test_poll_gets_completions_while_a_sleeper_waits_for_more(uring_io, tmp_path
     token = io.submit_append(fd, b"polled")
     io.flush()
     deadline = time.monotonic() + 10
-    seen = []
+    seen: list = []
     while not seen and time.monotonic() < deadline:
         seen = [c for c in io.poll_completions() if c.token == token]
         time.sleep(0.005)

@@ -41,6 +41,7 @@ def test_an_fdatasync_error_poisons_the_log_and_reopen_recovers(make_io, tmp_pat
     wal.append_many(payload_for(i) for i in range(6, 11))
     with pytest.raises(WalPoisonedError) as caught:
         wal.sync()
+    assert isinstance(caught.value.__cause__, OSError)
     assert caught.value.__cause__.errno == errno.EIO
     assert wal.durable_lsn == 5
     assert_poisoned_and_silent(wal, wrapped, acked=5, cause_errno=errno.EIO)
@@ -61,6 +62,7 @@ def test_a_failure_raised_inside_a_with_block_is_not_masked_by_close(make_io, tm
             wrapped.fail_datasync_from = wrapped.datasyncs + 1
             wal.append(b"x")
             wal.sync()
+    assert isinstance(caught.value.__cause__, OSError)
     assert caught.value.__cause__.errno == errno.EIO
 
 

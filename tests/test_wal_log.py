@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -306,7 +307,7 @@ def test_calls_after_close_raise_closed_error(make_io, log_dir):
     wal.append(b"x")
     wal.close()
     wal.close()  # a second close does nothing
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: wal.append(b"y"),
         lambda: wal.append_many([b"y"]),
         wal.commit,

@@ -85,6 +85,7 @@ def test_every_lsn_reported_durable_survives_sigkill(make_io, backend_kind, tmp_
             child = run_trial(backend_kind, directory, rng.randrange(2**32))
             batch.append((directory, child, rng.uniform(0.0, MAX_KILL_DELAY_S)))
         for directory, child, delay in batch:
+            assert child.stdout is not None and child.stderr is not None
             first = child.stdout.readline()
             if first.startswith("Traceback") or not first:
                 skip_or_fail(f"writer did not start: {first}{child.stderr.read()}")

@@ -27,10 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the workloads W1..W5 on every implementation available here (pwrite "
         "baseline, sync, uring, uring-sqpoll), interleaved, and print the medians and the "
         "ratio to the pwrite loop. The log's workloads (wal_append_256, wal_group_commit, "
-        "wal_replay) and asyncio's (aio_append_4k, aio_wal_commit), each against its own "
-        "hand-written baselines, run when named with --workload. Every run checks that the "
-        "file holds exactly the bytes written; a wrong file is reported as WRONG, with no "
-        "figure. Exit code 1 if any run went wrong.",
+        "wal_replay, wal_replay_256) and asyncio's (aio_append_4k, aio_wal_commit), each "
+        "against its own hand-written baselines, run when named with --workload. Every run "
+        "checks that the file holds exactly the bytes written; a wrong file is reported as "
+        "WRONG, with no figure. Exit code 1 if any run went wrong.",
     )
     bench.add_arguments(bench_parser)
     args = parser.parse_args(argv)

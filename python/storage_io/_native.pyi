@@ -1,5 +1,5 @@
 # Type stub for the Rust extension module `storage_io._native` (built from rust/ with PyO3).
-# Hand-written: keep it in step with rust/python.rs. The user documentation of the methods
+# Hand-written: keep it in step with rust/python/. The user documentation of the methods
 # lives on the `StorageIo` abstract base class in interface.py.
 
 from collections.abc import Iterable
@@ -24,6 +24,14 @@ __all__ = [
     "new_instance_id",
     "descriptor_for_writes",
     "UringStorageIo",
+    # storage_io.wal's native core (rust/python/wal.rs)
+    "WalFramer",
+    "WalReplay",
+    "recover_segments",
+    "encode_segment_header",
+    "WAL_FORMAT_VERSION",
+    "WAL_SEGMENT_HEADER_LEN",
+    "WAL_RECORD_HEADER_LEN",
 ]
 
 class _HasFileno(Protocol):
@@ -173,7 +181,7 @@ class UringStorageIo(StorageIo):
     def __enter__(self) -> Self: ...
     def __exit__(self, *exc_info: object) -> None: ...
 
-# -- storage_io.wal's native core (rust/wal/binding.rs) ------------------------------------
+# -- storage_io.wal's native core (rust/python/wal.rs) ------------------------------------
 
 WAL_FORMAT_VERSION: int
 WAL_SEGMENT_HEADER_LEN: int

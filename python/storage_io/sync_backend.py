@@ -19,29 +19,55 @@ one dict access, the ``submitted``/``completed`` counters and the count `flush()
 derived from the token counter instead of being counted per call, and an instance inherited
 across ``fork()`` is caught by the ``closed`` check every call makes anyway (a fork handler
 marks it), not by a per-call pid check.
+
+One idea per module: the argument checks and the messages shared with the io_uring backend
+(`_sync_arguments`), the regular-file I/O itself (`_sync_file_io`), the stream workers
+(`_sync_streams`) and the completion queue with the calls that hand it back
+(`_sync_completions`). This one keeps the class, its registrations and its submit path. The
+helpers are imported as module globals, so the measured submit_write/submit_append look them
+up as they always did, and spell out their steps in one function each.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import select
 import stat
 import threading
-import time
 import weakref
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._native import (
     BadFdError,
     ClosedError,
     IoCompletion,
     IoFd,
-    QueueFullError,
     descriptor_for_writes,
     new_instance_id,
 )
+from ._sync_arguments import (
+    _CLOSED,
+    _INHERITED,
+    _MAX_OFFSET,
+    _as_buffers,
+    _as_bytes_like,
+    _as_offset,
+    _as_position,
+)
+from ._sync_completions import _CompletionHandBack
+from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file, _write_vector
+from ._sync_streams import (
+    _READ,
+    _SYNC,
+    _WRITE,
+    _is_stream,
+    _Stream,
+    _StreamWorkers,
+)
+
+# The stream queue's bounds, importable from here where they were first defined.
+from ._sync_streams import STREAM_MAX_BYTES as STREAM_MAX_BYTES
+from ._sync_streams import STREAM_MAX_OPERATIONS as STREAM_MAX_OPERATIONS
 from .interface import StorageIo
 
 if TYPE_CHECKING:
@@ -52,43 +78,6 @@ if TYPE_CHECKING:
     from .interface import HasFileno
 
 __all__ = ["SyncStorageIo"]
-
-_pwrite = os.pwrite
-# fdatasync skips the metadata a log does not need (mtime); platforms without it (macOS)
-# get fsync, which is durable too, only slower.
-_datasync = getattr(os, "fdatasync", os.fsync)
-_MAX_OFFSET = 2**63 - 1  # off_t
-_INFINITY = float("inf")
-# One read asks the kernel for at most this much: os.pread allocates the whole length up
-# front, and a caller may well ask for "everything" with a huge length.
-_READ_CHUNK = 64 * 1024 * 1024
-
-# Bounds of one stream registration's queue (API.md "Bounded memory"): past them submit_*
-# raises QueueFullError. One operation of any size is accepted when nothing is queued.
-STREAM_MAX_OPERATIONS = 1024
-STREAM_MAX_BYTES = 64 * 1024 * 1024
-
-# Messages shared with the io_uring backend, word for word (API.md "Same behaviour").
-_CLOSED = "this StorageIo instance is closed"
-_INHERITED = (
-    "this StorageIo instance was inherited across fork(); it belongs to the parent process: "
-    "create a new instance in the child"
-)
-
-_WRITE, _READ, _SYNC = 0, 1, 2
-
-
-class _Stream:
-    """The queue of a stream registration's operations and the state of its worker."""
-
-    __slots__ = ("operations", "queued_bytes", "running")
-
-    def __init__(self) -> None:
-        # (token, kind, payload): the bytes of a write, the length of a read, None for a
-        # datasync. The operation being performed stays at the head until it completes.
-        self.operations: deque[tuple[int, int, Any]] = deque()
-        self.queued_bytes = 0
-        self.running = False
 
 
 class _RegisteredFile:
@@ -108,249 +97,6 @@ class _RegisteredFile:
         self.syncing = 0
 
 
-# -- argument checks (messages as on the io_uring backend) ---------------------------------
-
-
-def _as_bytes_like(data: object) -> tuple[Buffer, int]:
-    """Return `data` in a form ``os.pwrite`` takes, and its size in bytes."""
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"data must be a bytes-like object (bytes, bytearray, memoryview, array...), "
-            f"not {type(data).__name__}"
-        ) from None
-    if not view.c_contiguous:
-        # os.pwrite needs one contiguous run of memory; only this case pays for a copy.
-        return view.tobytes(), view.nbytes
-    return view, view.nbytes
-
-
-def _as_position(name: str, value: object) -> int:
-    """An offset or a length: an int in 0..=2**63-1."""
-    if not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not 0 <= value <= _MAX_OFFSET:
-        raise ValueError(f"{name}={value} is out of range: allowed 0..={_MAX_OFFSET}")
-    return int(value)
-
-
-def _as_offset(offset: object) -> int:
-    return _as_position("offset", offset)
-
-
-def _as_min_complete(min_complete: object) -> int:
-    if not isinstance(min_complete, int):
-        raise TypeError(f"min_complete must be an int, not {type(min_complete).__name__}")
-    if not 0 <= min_complete <= _MAX_OFFSET:
-        raise ValueError(f"min_complete={min_complete} is out of range")
-    return int(min_complete)
-
-
-def _deadline(timeout: object) -> float | None:
-    """The monotonic time at which a wait with `timeout` seconds gives up (None: never)."""
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"timeout must be None or a number of seconds, not {type(timeout).__name__}"
-        )
-    try:
-        seconds = float(timeout)
-    except OverflowError:  # an int too large for a float
-        seconds = _INFINITY
-    if not 0 <= seconds < _INFINITY:
-        raise ValueError(f"timeout={timeout} is out of range: allowed None or a finite number >= 0")
-    return time.monotonic() + seconds
-
-
-def _remaining(deadline: float | None) -> float | None:
-    """Seconds left until `deadline` (None: no limit), capped to what a lock can wait."""
-    if deadline is None:
-        return None
-    return min(deadline - time.monotonic(), threading.TIMEOUT_MAX)
-
-
-def _as_tokens(tokens: object) -> list[int]:
-    try:
-        items = list(tokens)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(
-            f"tokens must be an iterable of tokens (ints), not {type(tokens).__name__}"
-        ) from None
-    seen: set[int] = set()
-    for token in items:
-        if not isinstance(token, int):
-            raise TypeError(f"a token must be an int, not {type(token).__name__}")
-        if token in seen:
-            raise ValueError(f"token {token} appears more than once in tokens")
-        seen.add(token)
-    return items
-
-
-# -- the I/O itself --------------------------------------------------------------------------
-
-
-def _finish_short_write(descriptor: int, data: Buffer, size: int, written: int, offset: int) -> int:
-    """Write the rest of `data` after a short write of `written` bytes; return `size`, or the
-    negative errno that stopped it.
-
-    A regular file rarely writes short (a signal, a nearly full disk, RLIMIT_FSIZE), but when
-    it does the rest is written here, so a completion is never short (API guarantee 4).
-    """
-    remaining = memoryview(data).cast("B")
-    try:
-        while written < size:
-            step = _pwrite(descriptor, remaining[written:], offset + written)
-            if step == 0:
-                # No progress and no errno: report it instead of spinning forever.
-                return -errno.EIO
-            written += step
-    except OSError as err:
-        return -(err.errno or errno.EIO)
-    return size
-
-
-# pwritev takes at most IOV_MAX buffers; more are joined into one.
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-
-
-def _as_buffers(buffers: object) -> tuple[list[Buffer], int]:
-    """Return the bytes-like items of `buffers` and their total size in bytes."""
-    try:
-        memoryview(buffers)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    else:
-        raise TypeError(
-            "buffers must be a sequence of bytes-like objects, not one bytes-like object "
-            "(use submit_write/submit_append for that)"
-        )
-    try:
-        items = list(buffers)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(
-            f"buffers must be a sequence of bytes-like objects, not {type(buffers).__name__}"
-        ) from None
-    views: list[Buffer] = []
-    total = 0
-    for item in items:
-        if type(item) is bytes:
-            views.append(item)
-            total += len(item)
-        else:
-            view, size = _as_bytes_like(item)
-            views.append(view)
-            total += size
-    return views, total
-
-
-def _write_vector(descriptor: int, views: list[Buffer], total: int, offset: int) -> int:
-    """Write `views` back to back at `offset`; return `total` or the negative errno."""
-    try:
-        if len(views) <= _IOV_MAX and hasattr(os, "pwritev"):
-            written = os.pwritev(descriptor, views, offset)
-            if written == total:
-                return total
-            joined = b"".join(views)
-        else:
-            joined = b"".join(views)
-            written = 0
-        return _finish_short_write(descriptor, joined, total, written, offset)
-    except OSError as err:
-        return -(err.errno or errno.EIO)
-
-
-def _read_file(descriptor: int, length: int, offset: int) -> tuple[int, bytes | None]:
-    """Read `length` bytes at `offset`, continuing short reads until `length` or end of
-    file; return (bytes read, the bytes), or (negative errno, None)."""
-    parts: list[bytes] = []
-    done = 0
-    try:
-        while done < length:
-            part = os.pread(descriptor, min(length - done, _READ_CHUNK), offset + done)
-            if not part:
-                break  # end of file
-            parts.append(part)
-            done += len(part)
-    except OSError as err:
-        return -(err.errno or errno.EIO), None
-    data = parts[0] if len(parts) == 1 else b"".join(parts)
-    return done, data
-
-
-def _until_ready(descriptor: int, events: int) -> None:
-    """Sleep until a non-blocking stream descriptor is ready for `events`."""
-    poller = select.poll()
-    poller.register(descriptor, events)
-    poller.poll()
-
-
-def _write_stream(descriptor: int, data: bytes) -> int:
-    """Write all of `data` to a stream; return its size or the negative errno."""
-    view = memoryview(data)
-    written = 0
-    try:
-        while written < len(view):
-            try:
-                step = os.write(descriptor, view[written:])
-            except BlockingIOError:  # an O_NONBLOCK descriptor that is full
-                _until_ready(descriptor, select.POLLOUT)
-                continue
-            if step == 0:
-                return -errno.EIO
-            written += step
-    except OSError as err:
-        return -(err.errno or errno.EIO)
-    return written
-
-
-def _read_stream(descriptor: int, length: int) -> tuple[int, bytes | None]:
-    """Read `length` bytes from a stream, or fewer at end of stream."""
-    parts: list[bytes] = []
-    done = 0
-    try:
-        while done < length:
-            try:
-                part = os.read(descriptor, min(length - done, _READ_CHUNK))
-            except BlockingIOError:  # an O_NONBLOCK descriptor with nothing to read yet
-                _until_ready(descriptor, select.POLLIN)
-                continue
-            if not part:
-                break  # the writer closed: end of stream
-            parts.append(part)
-            done += len(part)
-    except OSError as err:
-        return -(err.errno or errno.EIO), None
-    return done, parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _perform_stream_operation(descriptor: int, kind: int, payload: Any) -> tuple[int, Any]:
-    """Run one queued stream operation; return (result, data of a read)."""
-    if kind == _WRITE:
-        return (_write_stream(descriptor, payload) if payload else 0), None
-    if kind == _READ:
-        return _read_stream(descriptor, payload) if payload else (0, b"")
-    try:
-        _datasync(descriptor)
-    except OSError as err:  # EINVAL on a pipe or socket, as io_uring reports it
-        return -(err.errno or errno.EIO), None
-    return 0, None
-
-
-def _is_stream(descriptor: int, mode: int) -> bool:
-    """Whether writes to `descriptor` ignore offsets (lseek refuses it: ESPIPE)."""
-    if stat.S_ISREG(mode):
-        return False
-    try:
-        os.lseek(descriptor, 0, os.SEEK_CUR)
-    except OSError as err:
-        if err.errno == errno.ESPIPE:
-            return True
-        raise
-    return False
-
-
 # -- fork ------------------------------------------------------------------------------------
 
 _live_instances: weakref.WeakSet[SyncStorageIo] = weakref.WeakSet()
@@ -365,7 +111,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class SyncStorageIo(StorageIo):
+class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
     """The portable backend: performs each operation on a regular file inline at
     submission, and each operation on a pipe or socket in a worker thread of its own, and
     returns the completions from `poll_completions()`, `wait()` and `wait_for()`.
@@ -700,207 +446,7 @@ class SyncStorageIo(StorageIo):
                 self._cond.notify_all()
         return token
 
-    def _complete_inline(self, result: int, data: bytes | None) -> int:
-        """Issue a token for an operation that already ran and queue its completion."""
-        token = self._next_token
-        self._next_token = token + 1
-        if data is None:
-            self._ready.append(IoCompletion(token, result))
-        else:
-            self._ready.append(IoCompletion(token, result, data))
-        if self._waiters:
-            self._cond.notify_all()
-        return token
-
-    # -- streams ----------------------------------------------------------------------
-
-    def _queue_on_stream(self, record: _RegisteredFile, kind: int, payload: Any, size: int) -> int:
-        """Queue an operation for a stream's worker (started if idle); return its token."""
-        stream = record.stream
-        assert stream is not None
-        queued = stream.operations
-        if queued and (
-            len(queued) >= STREAM_MAX_OPERATIONS or stream.queued_bytes + size > STREAM_MAX_BYTES
-        ):
-            raise QueueFullError(
-                f"stream queue full: {len(queued)} operations ({stream.queued_bytes} bytes) "
-                "waiting for this descriptor; wait for completions and retry"
-            )
-        if not stream.running:
-            # Started first (it waits for the lock we hold), so that a thread that cannot
-            # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
-            # holds this instance until its queue is empty, so a dropped instance is
-            # finalized only once its streams are done: never waited for.
-            threading.Thread(
-                target=self._run_stream,
-                args=(stream, record.descriptor),
-                name="storage_io-stream",
-                daemon=True,
-            ).start()
-            stream.running = True
-        token = self._next_token
-        self._next_token = token + 1
-        queued.append((token, kind, payload))
-        stream.queued_bytes += size
-        self._in_flight.add(token)
-        return token
-
-    def _run_stream(self, stream: _Stream, descriptor: int) -> None:
-        """The worker of one stream: its operations one at a time, in submission order,
-        the I/O with neither the lock nor the GIL held. The descriptor stays open while it
-        runs: deregister_fd() and close() wait for `stream.running` to drop."""
-        while True:
-            with self._lock:
-                if not stream.operations:
-                    stream.running = False
-                    self._cond.notify_all()  # a deregister_fd/close may wait for this
-                    return
-                token, kind, payload = stream.operations[0]
-            try:
-                result, data = _perform_stream_operation(descriptor, kind, payload)
-            except BaseException:  # e.g. MemoryError: the token must still complete
-                result, data = -errno.EIO, None
-            with self._lock:
-                stream.operations.popleft()
-                if kind == _WRITE:
-                    stream.queued_bytes -= len(payload)
-                self._in_flight.discard(token)
-                self._ready.append(self._stream_completion(token, kind, result, data))
-                self._cond.notify_all()
-
-    def _stream_completion(self, token: int, kind: int, result: int, data: Any) -> IoCompletion:
-        if result < 0:
-            self._failed += 1
-        elif kind == _WRITE:
-            self._bytes_written += result
-        elif kind == _READ:
-            self._bytes_read += result
-        if data is None:
-            return IoCompletion(token, result)
-        return IoCompletion(token, result, data)
-
-    # -- completions ------------------------------------------------------------------
-
-    def flush(self) -> int:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            # Submissions ran (or were queued to a stream worker) when they were made, so
-            # there is nothing to hand over; the count is that of both backends: the
-            # submit_* calls since the last flush/poll/wait/wait_for.
-            submitted = self._next_token - self._flushed_upto
-            self._flushed_upto = self._next_token
-            return submitted
-
-    def _index_ready(self) -> dict[int, IoCompletion]:
-        """Move the newest completions into the by-token index (order kept: the index holds
-        the older ones) and return it."""
-        index = self._ready_by_token
-        if self._ready:
-            for completion in self._ready:
-                index[completion.token] = completion
-            self._ready = []
-        return index
-
-    def _take_unclaimed(self) -> list[IoCompletion]:
-        """Hand back every ready completion that no wait_for() is waiting for, oldest
-        first."""
-        if not self._claimed:
-            ready = self._ready
-            self._ready = []
-            if self._ready_by_token:
-                ready[:0] = self._ready_by_token.values()
-                self._ready_by_token = {}
-            return ready
-        claimed = self._claimed
-        index = self._index_ready()
-        self._ready_by_token = {t: c for t, c in index.items() if t in claimed}
-        return [c for t, c in index.items() if t not in claimed]
-
-    def poll_completions(self) -> list[IoCompletion]:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            self._flushed_upto = self._next_token
-            return self._take_unclaimed()
-
-    def wait(self, min_complete: int = 1, timeout: float | None = None) -> list[IoCompletion]:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            min_complete = _as_min_complete(min_complete)
-            deadline = _deadline(timeout)
-            self._flushed_upto = self._next_token
-            if not self._in_flight:
-                # Nothing runs in a worker: every operation outstanding is ready already.
-                return self._take_unclaimed()
-            self._waiters += 1
-            try:
-                while True:
-                    claimed = self._claimed
-                    if claimed:
-                        index = self._index_ready()
-                        ready = len(index)
-                        unclaimed_ready = ready - sum(1 for t in claimed if t in index)
-                    else:
-                        ready = unclaimed_ready = len(self._ready) + len(self._ready_by_token)
-                    outstanding = ready + len(self._in_flight) - len(claimed)
-                    if unclaimed_ready >= min(min_complete, outstanding):
-                        return self._take_unclaimed()
-                    remaining = _remaining(deadline)
-                    if remaining is not None and remaining <= 0:
-                        return self._take_unclaimed()
-                    self._cond.wait(remaining)
-                    if self._closed:
-                        raise self._closed_error()
-            finally:
-                self._waiters -= 1
-
-    def wait_for(self, tokens: Iterable[int], timeout: float | None = None) -> list[IoCompletion]:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            wanted = _as_tokens(tokens)
-            deadline = _deadline(timeout)
-            self._flushed_upto = self._next_token
-            index = self._index_ready()
-            for token in wanted:
-                if token in self._claimed:
-                    raise ValueError(
-                        f"token {token} is already being waited for by another wait_for()"
-                    )
-                if token not in index and token not in self._in_flight:
-                    raise ValueError(
-                        f"token {token} is not outstanding on this instance (never returned "
-                        "by submit_*, or already handed back)"
-                    )
-            self._claimed.update(wanted)
-            try:
-                while True:
-                    index = self._index_ready()
-                    missing = sum(1 for t in wanted if t not in index)
-                    if not missing:
-                        return [index.pop(t) for t in wanted]
-                    remaining = _remaining(deadline)
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(
-                            f"wait_for: {missing} of {len(wanted)} tokens still not complete "
-                            f"after {timeout} s"
-                        )
-                    self._cond.wait(remaining)
-                    if self._closed:
-                        raise self._closed_error()
-            finally:
-                self._claimed.difference_update(wanted)
-                if self._waiters:
-                    # Released tokens (a timeout) count for wait() again.
-                    self._cond.notify_all()
-
-    def pending_count(self) -> int:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            return len(self._ready) + len(self._ready_by_token) + len(self._in_flight)
+    # -- counts -------------------------------------------------------------------------
 
     def metrics(self) -> dict[str, int]:
         with self._lock:

@@ -41,7 +41,7 @@ at the bottom of this file (one line). In it:
    (the record pool, cycled, in ``run.path``) does not fit; ``note`` for a line under the
    table; ``in_default_run=False`` when its full counts are too slow for the default run
    (it then runs when named), ``quick_scale`` for the single untimed pass over
-   ``benches/``, ``group`` for a name that stands for several workloads.
+   ``benches/``.
 3. For an implementation of its own (an asyncio driver, a baseline such as "fsync each
    record"), ``register_implementation(Implementation(name, create, form,
    compared_with=("pwrite", ...)))``; ``create()`` returns a fresh target (a backend, or
@@ -123,5 +123,5 @@ __all__ = [
 
 # Workload modules beyond W1..W5 (`standard`, imported above): each registers its workloads
 # when imported. A new one adds its line here.
-from . import aio as _aio  # noqa: E402, F401 (A1, A2: storage_io.aio)
-from . import wal as _wal  # noqa: E402, F401 (L1..L4: the write-ahead log)
+from . import aio as _aio  # noqa: E402, F401 (registers A1, A2: storage_io.aio)
+from . import wal as _wal  # noqa: E402, F401 (registers WAL1..WAL4: the write-ahead log)

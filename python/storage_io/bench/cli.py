@@ -43,23 +43,10 @@ def _parse_list(text: str, known: dict[str, str], what: str) -> list[str]:
     return chosen
 
 
-def _groups() -> dict[str, list[str]]:
-    """The workload ids of each group name (e.g. wal_replay: its 4 KiB and 256 B ones)."""
-    groups: dict[str, list[str]] = {}
-    for w in all_workloads():
-        if w.group:
-            groups.setdefault(w.group, []).append(w.id)
-    return groups
-
-
 def _workload_list(text: str) -> list[str]:
     known = {w.id.lower(): w.id for w in all_workloads()}
     known.update({w.name.lower(): w.id for w in all_workloads()})
-    groups = {name.lower(): ids for name, ids in _groups().items()}
-    items: list[str] = []
-    for item in (part.strip() for part in text.split(",")):
-        items += groups.get(item.lower(), [item])
-    return _parse_list(",".join(items), known, "workload")
+    return _parse_list(text, known, "workload")
 
 
 def _implementation_list(text: str) -> list[str]:
@@ -96,7 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated workloads, by id or name "
         + "("
         + ", ".join(f"{w.id}={w.name}" for w in workloads)
-        + "".join(f"; {g}: {' and '.join(ids)}" for g, ids in _groups().items())
         + "); default: "
         + ",".join(w.id for w in workloads if w.in_default_run),
     )

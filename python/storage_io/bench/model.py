@@ -155,9 +155,6 @@ class Workload:
     in_default_run: bool = True
     # The scale of the single untimed pass CI makes over benches/ (quick, not a figure).
     quick_scale: float = 0.05
-    # A name --workload accepts for this workload and the others of the same group (e.g.
-    # "wal_replay": its 4 KiB and 256 B workloads); "" for none.
-    group: str = ""
 
     @property
     def has_vectored(self) -> bool:
@@ -184,8 +181,6 @@ def register_workload(workload: Workload) -> Workload:
             raise ValueError(f"workload id or name {key!r} is already registered")
     if workload.headline not in workload.shown:
         raise ValueError(f"{workload.id}: headline {workload.headline!r} is not shown")
-    if workload.group and workload.group.lower() in taken:
-        raise ValueError(f"{workload.id}: group {workload.group!r} is a workload's id or name")
     if not workload.bodies:
         raise ValueError(f"{workload.id}: no body for any form of implementation")
     unknown = [p for p in workload.patterns if p not in PATTERNS]

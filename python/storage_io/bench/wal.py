@@ -1,28 +1,24 @@
-"""The write-ahead log's workloads (WAL.md, "Performance"), against what users write by hand.
+"""The write-ahead log's workloads (WAL.md), against what users write by hand.
 
-Registered when the bench package is imported; ``python -m storage_io bench --workload
-wal_append_256,wal_group_commit,wal_replay`` runs them (they are not in the default run:
-their full counts take minutes, the replay files alone are 4 GiB). ``wal_replay`` is a
-group of two workloads, one per record size WAL.md names.
+Registered as WAL1..WAL4 (``--workload
+wal_append_256,wal_group_commit,wal_replay,wal_replay_256``), out of the default run (the
+README's first command stays W1..W5, about two minutes; these take minutes more):
 
-Implementations (a row each, interleaved with the others of the workload):
+- ``wal_append_256``: 200,000 records of 256 B, then one sync. ``pwrite`` is the loop a
+  user writes: each record framed in Python (a ``struct`` header, ``zlib.crc32``) and
+  ``os.pwrite``-n, one ``os.fdatasync`` at the end; ``pwritev`` the same with one
+  ``os.pwritev`` per 64 records; ``sync``/``uring``/``uring-sqpoll`` are ``Wal.append``
+  per record on that backend, then ``Wal.sync()``; their ``-v`` rows ``Wal.append_many``
+  of 64 records.
+- ``wal_group_commit``: 8 threads, each 2,000 x (append 256 B + sync). ``pwrite``: 8
+  threads each ``os.pwrite`` + ``os.fdatasync`` per record on a file of its own; the
+  backends: one log shared by the 8 threads. Records per fdatasync reported.
+- ``wal_replay`` (4 KiB records, 1 GiB at scale 1) and ``wal_replay_256`` (4,000,000
+  records of 256 B): reading the records back, page cache warm (set-up writes them,
+  untimed). ``pwrite``: read the hand-framed file and check each record with ``struct``
+  and ``zlib.crc32``; the backends: iterate ``Wal.replay()`` of a log written through them.
 
-- ``hand-pwrite``: a Python loop that frames each record itself (a ``struct`` header and
-  ``zlib.crc32``) and ``os.pwrite``s it, one ``os.fdatasync`` at the end; in
-  ``wal_group_commit`` 8 threads, each ``os.pwrite`` + ``os.fdatasync`` per record on a file
-  of its own. ``hand-pwritev``: the same framing, one ``os.pwritev`` per 64 records.
-- ``wal-sync``, ``wal-uring``, ``wal-uring-sqpoll``: `Wal` over `SyncStorageIo`,
-  `UringStorageIo` (STANDARD) and `UringStorageIo` (SQPOLL): ``append`` per record then
-  ``sync()``; in ``wal_group_commit`` one log shared by the 8 threads, each doing
-  ``append`` + ``sync()`` per record.
-- ``hand-read`` / ``wal``: reading the records back with the page cache warm (the files
-  are written once per directory and size, untimed, and shared by the repeats): the hand
-  loop reads the file and checks every record with ``struct`` and ``zlib.crc32``; ``wal``
-  iterates ``Wal.replay()`` (the native reader: the backend plays no part, so one row).
-
-Every run is checked after the timing: the log (or the hand-framed file) is read back and
-must hold exactly the records written, in order (per thread, for group commit); the replay
-runs must have seen every record, the last one intact. Anything else reports WRONG.
+Every run checks what it wrote or read (each record compared): anything else is WRONG.
 """
 
 from __future__ import annotations
@@ -33,193 +29,175 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Callable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Callable
 
-from .. import SyncStorageIo
 from ..wal import Wal
-from .implementations import (
-    Implementation,
-    PwriteBaseline,
-    Target,
-    _sqpoll_ring,
-    _standard_ring,
-    register_implementation,
-)
 from .model import KIB, Workload, register_workload
-from .run import PreparedRun
 
-__all__ = ["L1", "L2", "L3", "L4", "PWRITEV_BATCH", "THREADS", "hand_frame", "hand_parse"]
+if TYPE_CHECKING:
+    from ..interface import StorageIo
+    from .run import PreparedRun
 
-HAND_CRC = struct.Struct("<I")  # CRC32 of the header's other fields and the payload
-HAND_HEADER = struct.Struct("<IQ")  # payload length, LSN
-PWRITEV_BATCH = 64  # records per os.pwritev of hand-pwritev (WAL.md)
-THREADS = 8  # wal_group_commit's threads (WAL.md)
-READ_CHUNK = 4 * 1024 * KIB  # how the replay files are read once to warm the page cache
+__all__ = ["WAL_APPEND_256", "WAL_GROUP_COMMIT", "WAL_REPLAY", "WAL_REPLAY_256"]
+
+HAND_HEADER = struct.Struct("<IQ")  # payload length, LSN; after a CRC32 (u32)
+HAND_CRC = struct.Struct("<I")
+HAND_HEADER_LEN = 16
+PWRITEV_RECORDS = 64
+THREADS = 8
 
 
-def hand_frame(lsn: int, payload: bytes) -> tuple[bytes, bytes]:
-    """What a user writes by hand: a header (CRC32, length, LSN) then the payload."""
+def hand_frame(lsn: int, payload: bytes) -> bytes:
+    """A record as users frame it by hand: CRC32 of (length, LSN, payload), then those."""
     head = HAND_HEADER.pack(len(payload), lsn)
-    return HAND_CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + head, payload
+    return HAND_CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + head
 
 
 def hand_parse(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """The hand-framed records in `data`, each checked; ValueError at the first bad one."""
+    """The hand-framed records of `data`, each checked; ValueError at a bad one."""
     at, end = 0, len(data)
-    unpack_crc, unpack_head, crc32 = HAND_CRC.unpack_from, HAND_HEADER.unpack_from, zlib.crc32
+    unpack_crc, unpack_head = HAND_CRC.unpack_from, HAND_HEADER.unpack_from
     while at < end:
         (crc,) = unpack_crc(data, at)
         length, lsn = unpack_head(data, at + 4)
-        start = at + 16
+        start = at + HAND_HEADER_LEN
         payload = data[start : start + length]
-        if len(payload) != length or crc32(payload, crc32(data[at + 4 : start])) != crc:
+        if zlib.crc32(payload, zlib.crc32(data[at + 4 : start])) != crc:
             raise ValueError(f"bad record at offset {at}")
         yield lsn, payload
         at = start + length
 
 
-def _hand_file_problem(path: str, want: Sequence[tuple[int, bytes]]) -> str | None:
+def _expected(run: PreparedRun, lsn: int) -> bytes:
+    return run.pool[(lsn - 1) % len(run.pool)]
+
+
+def _check_hand_file(run: PreparedRun, path: str, count: int) -> str | None:
     with open(path, "rb") as f:
-        data = f.read()
-    try:
-        got = list(hand_parse(data))
-    except ValueError as exc:
-        return str(exc)
-    if got == list(want):
-        return None
-    return f"{len(got)} records read back, {len(want)} written, or not the ones written"
+        got = 0
+        for lsn, payload in hand_parse(f.read()):
+            got += 1
+            if lsn != got or payload != _expected(run, lsn):
+                return f"{path}: record {got} differs"
+    return None if got == count else f"{path}: {got} records, {count} written"
 
 
-def _expected(run: PreparedRun) -> list[tuple[int, bytes]]:
-    """Record LSN i of a single-writer run is ``pool[i % len(pool)]``, LSNs from 1."""
-    pool = run.pool
-    return [(lsn, pool[lsn % len(pool)]) for lsn in range(1, run.records + 1)]
+def _check_log(run: PreparedRun, directory: str, count: int) -> str | None:
+    from .. import SyncStorageIo
+
+    with Wal.open(directory, io=SyncStorageIo(), create=False) as wal:
+        got = 0
+        for lsn, payload in wal.replay():
+            got += 1
+            if lsn != got or payload != _expected(run, lsn):
+                return f"log record {got} differs"
+    return None if got == count else f"log holds {got} records, {count} written"
 
 
-# -- logs of the Wal rows: opened untimed, checked and removed after the timing ----------
+# -- wal_append_256 ---------------------------------------------------------------------
 
 
 def _open_log(run: PreparedRun) -> None:
-    if isinstance(run.target, PwriteBaseline):
-        return
-    run.state["log_dir"] = log_dir = tempfile.mkdtemp(prefix="wal-", dir=run.directory)
-    run.state["wal"] = Wal.open(log_dir, io=run.target)  # type: ignore[arg-type]
+    if run.form in ("api", "apiv"):
+        run.state["log"] = tempfile.mkdtemp(prefix="wal-", dir=run.directory)
+        io: StorageIo = run.target  # type: ignore[assignment]
+        run.state["wal"] = Wal.open(run.state["log"], io=io)
 
 
-def _close_and_check_log(run: PreparedRun, problem: Callable[[Wal], str | None]) -> None:
-    """Teardown of the Wal rows: close the log, read it back (unless the run already went
-    wrong), remove it. The verdict waits in ``run.state["wrong"]`` for the check hook."""
-    wal: Wal | None = run.state.pop("wal", None)
-    log_dir: str | None = run.state.pop("log_dir", None)
+def _close_log(run: PreparedRun) -> None:
+    wal = run.state.get("wal")
+    if wal is not None:
+        wal.close()
+
+
+def _check_appended(run: PreparedRun) -> str | None:
     try:
-        if wal is not None:
-            wal.close()
-        if log_dir is not None and run.problem is None:
-            with Wal.open(log_dir, io=SyncStorageIo(), create=False) as reread:
-                run.state["wrong"] = problem(reread)
+        if run.form in ("pwrite", "pwritev"):
+            return _check_hand_file(run, run.path, run.records)
+        return _check_log(run, run.state["log"], run.records)
     finally:
-        if log_dir is not None:
-            shutil.rmtree(log_dir, ignore_errors=True)
+        if "log" in run.state:
+            shutil.rmtree(run.state["log"])
 
 
-def _verdict(run: PreparedRun) -> str | None:
-    return run.state.get("wrong")
-
-
-# -- wal_append_256 ----------------------------------------------------------------------
-
-
-def _append_hand_pwrite(run: PreparedRun) -> None:
-    fd, pool, frame, pwrite = run.raw_fd, run.pool, hand_frame, os.pwrite
-    n = len(pool)
+def _append_pwrite(run: PreparedRun) -> None:
+    fd, pool, n = run.raw_fd, run.pool, len(run.pool)
+    pwrite, frame = os.pwrite, hand_frame
     offset = 0
-    for lsn in range(1, run.records + 1):
-        head, payload = frame(lsn, pool[lsn % n])
-        offset += pwrite(fd, head + payload, offset)
+    for lsn in range(1, run.count + 1):
+        payload = pool[(lsn - 1) % n]
+        offset += pwrite(fd, frame(lsn, payload) + payload, offset)
     os.fdatasync(fd)
 
 
-def _append_hand_pwritev(run: PreparedRun) -> None:
-    fd, pool, frame, pwritev = run.raw_fd, run.pool, hand_frame, os.pwritev
-    n = len(pool)
+def _append_pwritev(run: PreparedRun) -> None:
+    fd, pool, n = run.raw_fd, run.pool, len(run.pool)
+    frame = hand_frame
     offset = 0
     batch: list[bytes] = []
-    for lsn in range(1, run.records + 1):
-        batch.extend(frame(lsn, pool[lsn % n]))
-        if len(batch) == 2 * PWRITEV_BATCH:
-            offset += pwritev(fd, batch, offset)
+    for lsn in range(1, run.count + 1):
+        payload = pool[(lsn - 1) % n]
+        batch += (frame(lsn, payload), payload)
+        if len(batch) == 2 * PWRITEV_RECORDS:
+            offset += os.pwritev(fd, batch, offset)
             batch = []
     if batch:
-        offset += pwritev(fd, batch, offset)
+        os.pwritev(fd, batch, offset)
     os.fdatasync(fd)
 
 
 def _append_wal(run: PreparedRun) -> None:
     wal: Wal = run.state["wal"]
-    pool, append = run.pool, wal.append
-    n = len(pool)
-    for lsn in range(1, run.records + 1):
-        append(pool[lsn % n])
+    append, pool, n = wal.append, run.pool, len(run.pool)
+    for lsn in range(1, run.count + 1):
+        append(pool[(lsn - 1) % n])
     wal.sync()
 
 
-def _append_teardown(run: PreparedRun) -> None:
-    if isinstance(run.target, PwriteBaseline):
-        return
-
-    def problem(wal: Wal) -> str | None:
-        want = _expected(run)
-        got = list(wal.replay())
-        return None if got == want else f"{len(got)} records read back, {len(want)} written"
-
-    _close_and_check_log(run, problem)
+def _append_wal_many(run: PreparedRun) -> None:
+    wal: Wal = run.state["wal"]
+    pool, n = run.pool, len(run.pool)
+    for first in range(1, run.count + 1, PWRITEV_RECORDS):
+        last = min(run.count, first + PWRITEV_RECORDS - 1)
+        wal.append_many([pool[(lsn - 1) % n] for lsn in range(first, last + 1)])
+    wal.sync()
 
 
-def _append_check(run: PreparedRun) -> str | None:
-    if isinstance(run.target, PwriteBaseline):
-        return _hand_file_problem(run.path, _expected(run))
-    return _verdict(run)
-
-
-L1 = register_workload(
+WAL_APPEND_256 = register_workload(
     Workload(
-        "L1",
+        "WAL1",
         "wal_append_256",
-        "200,000 log records of 256 B, then one sync",
+        "200,000 log records of 256 B, then one sync (pwrite: framed by hand, os.pwrite each)",
         full_count=200_000,
         record_size=256,
         bodies={
-            "hand-pwrite": _append_hand_pwrite,
-            "hand-pwritev": _append_hand_pwritev,
-            "wal": _append_wal,
+            "pwrite": _append_pwrite,
+            "pwritev": _append_pwritev,
+            "api": _append_wal,
+            "apiv": _append_wal_many,
         },
         headline="records_per_s",
-        shown=("records_per_s",),
+        shown=("records_per_s", "mib_per_s"),
         in_default_run=False,
         quick_scale=0.02,
         setup=_open_log,
-        teardown=_append_teardown,
-        check=_append_check,
-        note="wal_append_256 (L1, WAL.md): Wal.append per record then sync(), against "
-        "hand-pwrite (struct header + zlib.crc32 + os.pwrite per record, one fdatasync) and "
-        f"hand-pwritev (the same framing, one os.pwritev per {PWRITEV_BATCH} records); "
-        "targets >= 4x hand-pwrite, >= 1.5x hand-pwritev.",
+        teardown=_close_log,
+        check=_check_appended,
     )
 )
 
 
-# -- wal_group_commit -----------------------------------------------------------------------
+# -- wal_group_commit -------------------------------------------------------------------
 
 
 def _in_threads(work: Callable[[int], None]) -> None:
-    """Run ``work(0..THREADS-1)`` in THREADS threads; re-raise the first failure."""
     errors: list[BaseException] = []
 
     def guarded(tid: int) -> None:
         try:
             work(tid)
-        except BaseException as exc:  # re-raised below: the run is an ERROR
+        except BaseException as exc:  # re-raised below: the run reports it
             errors.append(exc)
 
     threads = [threading.Thread(target=guarded, args=(t,)) for t in range(THREADS)]
@@ -231,31 +209,23 @@ def _in_threads(work: Callable[[int], None]) -> None:
         raise errors[0]
 
 
-def _group_setup(run: PreparedRun) -> None:
-    if isinstance(run.target, PwriteBaseline):
-        # Each thread has a file of its own (the run's file is thread 0's).
-        run.state["hand_paths"] = paths = [run.path] + [
-            f"{run.path}.{tid}" for tid in range(1, THREADS)
-        ]
-        run.state["hand_fds"] = [run.raw_fd] + [
-            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) for path in paths[1:]
-        ]
-        return
-    _open_log(run)
-    run.state["commits_before"] = run.state["wal"]._commits_completed
+def _group_paths(run: PreparedRun) -> list[str]:
+    return [f"{run.path}.thread{t}" for t in range(THREADS)]
 
 
-def _group_hand(run: PreparedRun) -> None:
-    fds: list[int] = run.state["hand_fds"]
-    per_thread, pool = run.count, run.pool
+def _group_pwrite(run: PreparedRun) -> None:
+    paths = _group_paths(run)
 
     def work(tid: int) -> None:
-        fd, payload, pwrite, fdatasync = fds[tid], pool[tid], os.pwrite, os.fdatasync
-        offset = 0
-        for lsn in range(1, per_thread + 1):
-            head, body = hand_frame(lsn, payload)
-            offset += pwrite(fd, head + body, offset)
-            fdatasync(fd)
+        fd = os.open(paths[tid], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            offset = 0
+            for lsn in range(1, run.count + 1):
+                payload = _expected(run, lsn)
+                offset += os.pwrite(fd, hand_frame(lsn, payload) + payload, offset)
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     _in_threads(work)
     run.extra_figures["records_per_fdatasync"] = 1.0
@@ -263,146 +233,108 @@ def _group_hand(run: PreparedRun) -> None:
 
 def _group_wal(run: PreparedRun) -> None:
     wal: Wal = run.state["wal"]
-    per_thread, pool = run.count, run.pool
+    before = wal._commits_completed
 
     def work(tid: int) -> None:
-        payload, append, sync = pool[tid], wal.append, wal.sync
-        for _ in range(per_thread):
-            append(payload)
-            sync()
+        payload = run.pool[tid % len(run.pool)]
+        for _ in range(run.count):
+            wal.append(payload)
+            wal.sync()
 
     _in_threads(work)
-    syncs = wal._commits_completed - run.state["commits_before"]
-    run.extra_figures["records_per_fdatasync"] = run.records / max(1, syncs)
+    commits = max(1, wal._commits_completed - before)
+    run.extra_figures["records_per_fdatasync"] = run.records / commits
 
 
-def _group_teardown(run: PreparedRun) -> None:
-    if not isinstance(run.target, PwriteBaseline):
-        pool, per_thread = run.pool, run.count
+def _check_group(run: PreparedRun) -> str | None:
+    if run.form == "pwrite":
+        try:
+            for path in _group_paths(run):
+                wrong = _check_hand_file(run, path, run.count)
+                if wrong:
+                    return wrong
+            return None
+        finally:
+            for path in _group_paths(run):
+                if os.path.exists(path):
+                    os.unlink(path)
+    from .. import SyncStorageIo
 
-        def problem(wal: Wal) -> str | None:
-            counts = dict.fromkeys(pool[:THREADS], 0)
-            for _lsn, payload in wal.replay():
-                if payload not in counts:
-                    return "a record that no thread wrote"
-                counts[payload] += 1
-            bad = [n for n in counts.values() if n != per_thread]
-            return f"records per thread {sorted(counts.values())}" if bad else None
-
-        _close_and_check_log(run, problem)
-        return
-    for fd in run.state["hand_fds"][1:]:  # thread 0's is the run's own, closed by the run
-        os.close(fd)
+    counts: dict[bytes, int] = {}
     try:
-        run.state["wrong"] = _group_hand_problem(run) if run.problem is None else None
+        with Wal.open(run.state["log"], io=SyncStorageIo(), create=False) as wal:
+            for _lsn, payload in wal.replay():
+                counts[payload] = counts.get(payload, 0) + 1
     finally:
-        for path in run.state["hand_paths"][1:]:
-            os.unlink(path)
+        shutil.rmtree(run.state["log"])
+    want = {run.pool[t % len(run.pool)]: run.count for t in range(THREADS)}
+    return None if counts == want else f"records per thread {sorted(counts.values())}"
 
 
-def _group_hand_problem(run: PreparedRun) -> str | None:
-    for tid, path in enumerate(run.state["hand_paths"]):
-        want = [(lsn, run.pool[tid]) for lsn in range(1, run.count + 1)]
-        wrong = _hand_file_problem(path, want)
-        if wrong is not None:
-            return f"thread {tid}'s file: {wrong}"
-    return None
-
-
-L2 = register_workload(
+WAL_GROUP_COMMIT = register_workload(
     Workload(
-        "L2",
+        "WAL2",
         "wal_group_commit",
-        "8 threads, each 2,000 x (append 256 B + sync)",
+        "8 threads, each 2,000 x (append 256 B + sync); pwrite: each thread os.pwrite + "
+        "os.fdatasync per record on its own file",
         full_count=2_000,
         record_size=256,
         records_per_unit=THREADS,
-        bodies={"hand-pwrite": _group_hand, "wal": _group_wal},
+        bodies={"pwrite": _group_pwrite, "api": _group_wal},
         headline="records_per_s",
         shown=("records_per_s", "records_per_fdatasync"),
         labels={"records_per_fdatasync": "records/fdatasync"},
         in_default_run=False,
         quick_scale=0.02,
-        setup=_group_setup,
-        teardown=_group_teardown,
-        check=_verdict,
-        note="wal_group_commit (L2, WAL.md): 8 threads sharing one log, each append + sync() "
-        "per record, against hand-pwrite: 8 threads each os.pwrite + os.fdatasync per "
-        "record on a file of its own; target >= 5x.",
+        setup=_open_log,
+        teardown=_close_log,
+        check=_check_group,
     )
 )
 
 
-# -- wal_replay ---------------------------------------------------------------------------
-
-# The files a replay run reads, by (directory, record size, count): written once (untimed)
-# and read by every repeat and row; they go with the directory.
-_REPLAY_FILES: dict[tuple[str, int, int], tuple[str, str]] = {}
+# -- wal_replay -------------------------------------------------------------------------
 
 
-def _replay_files(run: PreparedRun) -> tuple[str, str]:
-    key = (run.directory, run.workload.record_size, run.records)
-    files = _REPLAY_FILES.get(key)
-    if files is not None and all(os.path.exists(path) for path in files):
-        return files
-    folder = tempfile.mkdtemp(prefix=f"wal_replay-{key[1]}-", dir=run.directory)
-    log, hand = os.path.join(folder, "log"), os.path.join(folder, "hand.log")
-    want = _expected(run)
-    with Wal.open(log, io=SyncStorageIo()) as wal:
-        for start in range(0, len(want), 4096):
-            wal.append_many(payload for _lsn, payload in want[start : start + 4096])
-        wal.sync()
-    with open(hand, "wb") as f:
-        for lsn, payload in want:
-            f.writelines(hand_frame(lsn, payload))
-    # Read both once, untimed, so every row starts with the page cache equally warm.
-    for path in (hand, *(os.path.join(log, name) for name in sorted(os.listdir(log)))):
-        with open(path, "rb") as f:
-            while f.read(READ_CHUNK):
-                pass
-    _REPLAY_FILES[key] = (log, hand)
-    return log, hand
+def _write_for_replay(run: PreparedRun) -> None:
+    """Untimed: the records the body reads back, hand-framed or as a log."""
+    if run.form == "pwrite":
+        with open(run.path, "wb") as f:
+            for lsn in range(1, run.count + 1):
+                payload = _expected(run, lsn)
+                f.write(hand_frame(lsn, payload))
+                f.write(payload)
+        return
+    _open_log(run)
+    wal: Wal = run.state["wal"]
+    for first in range(1, run.count + 1, 4096):
+        last = min(run.count, first + 4095)
+        wal.append_many(_expected(run, lsn) for lsn in range(first, last + 1))
+    wal.sync()
 
 
-def _replay_setup(run: PreparedRun) -> None:
-    log, hand = _replay_files(run)
-    run.state["hand"] = hand
-    if not isinstance(run.target, PwriteBaseline):
-        run.state["wal"] = Wal.open(log, io=run.target, create=False)  # type: ignore[arg-type]
-
-
-def _replay_hand(run: PreparedRun) -> None:
-    seen, last = 0, None
-    with open(run.state["hand"], "rb") as f:
-        for last in hand_parse(f.read()):  # noqa: B007 (the last one is checked)
+def _replay_pwrite(run: PreparedRun) -> None:
+    seen = 0
+    with open(run.path, "rb") as f:
+        for lsn, payload in hand_parse(f.read()):  # noqa: B007 (the last is checked)
             seen += 1
-    run.state["seen"], run.state["last"] = seen, last
+    run.state["last"] = (seen, lsn, payload)
 
 
 def _replay_wal(run: PreparedRun) -> None:
-    seen, last = 0, None
-    for last in run.state["wal"].replay():  # noqa: B007 (the last one is checked)
+    seen = 0
+    for lsn, payload in run.state["wal"].replay():  # noqa: B007 (the last is checked)
         seen += 1
-    run.state["seen"], run.state["last"] = seen, last
+    run.state["last"] = (seen, lsn, payload)
 
 
-def _replay_teardown(run: PreparedRun) -> None:
-    wal: Wal | None = run.state.pop("wal", None)
-    if wal is not None:
-        wal.close()
-    if run.problem is None and run.elapsed_s > 0:
-        run.extra_figures["gb_per_s"] = run.records * run.workload.record_size / 1e9 / run.elapsed_s
-
-
-def _replay_check(run: PreparedRun) -> str | None:
-    """Every record seen, the last one the last written (each was checked as it was read,
-    by the native reader or by hand_parse)."""
-    seen, last = run.state.get("seen"), run.state.get("last")
-    pool = run.pool
-    want_last = (run.records, pool[run.records % len(pool)])
-    if seen != run.records or last != want_last:
-        got = None if last is None else last[0]
-        return f"read {seen} records, the last LSN {got}; {run.records} written"
+def _check_replayed(run: PreparedRun) -> str | None:
+    if "log" in run.state:
+        shutil.rmtree(run.state["log"])
+    seen, lsn, payload = run.state.get("last", (0, 0, b""))
+    if seen != run.count or lsn != run.count or payload != _expected(run, lsn):
+        return f"read {seen} records, the last LSN {lsn}; {run.count} were written"
+    run.extra_figures["gb_per_s"] = run.count * run.workload.record_size / 1e9 / run.elapsed_s
     return None
 
 
@@ -411,65 +343,25 @@ def _replay_workload(wid: str, name: str, size: int, count: int, what: str) -> W
         Workload(
             wid,
             name,
-            f"reading back {what}, page cache warm",
+            f"read back {what} (page cache warm), every record checked; pwrite: a "
+            "hand-framed file read and checked with struct + zlib.crc32",
             full_count=count,
             record_size=size,
-            bodies={"hand-read": _replay_hand, "wal-replay": _replay_wal},
+            bodies={"pwrite": _replay_pwrite, "api": _replay_wal},
             headline="records_per_s",
-            shown=("gb_per_s", "records_per_s"),
-            labels={"gb_per_s": "GB/s"},
+            shown=("records_per_s", "gb_per_s"),
+            labels={"gb_per_s": "GB/s read"},
+            default_scale=0.25,
             in_default_run=False,
             quick_scale=2048 / count,
-            group="wal_replay",
-            setup=_replay_setup,
-            teardown=_replay_teardown,
-            check=_replay_check,
-            note="wal_replay (L3, L4; WAL.md): for lsn, payload in Wal.replay(), against "
-            "hand-read (read the file, struct + zlib.crc32 per record); targets >= 1 GB/s "
-            "of 4 KiB records, >= 3 million records/s of 256 B.",
+            setup=_write_for_replay,
+            teardown=_close_log,
+            check=_check_replayed,
         )
     )
 
 
-L3 = _replay_workload("L3", "wal_replay_4k", 4 * KIB, 262_144, "1 GiB of 4 KiB records")
-L4 = _replay_workload("L4", "wal_replay_256", 256, 4_000_000, "4,000,000 records of 256 B")
-
-
-# -- implementations ------------------------------------------------------------------------
-
-
-def _register_implementations() -> None:
-    hand: tuple[tuple[str, tuple[str, ...]], ...] = (
-        ("hand-pwrite", ("hand-pwrite",)),
-        ("hand-pwritev", ("hand-pwrite", "hand-pwritev")),
-        ("hand-read", ("hand-read",)),
-    )
-    for name, compared in hand:
-        register_implementation(
-            Implementation(
-                name, PwriteBaseline, name, compared_with=compared, follows_pattern=False
-            )
-        )
-    logs: tuple[tuple[str, Callable[[], Target]], ...] = (
-        ("wal-sync", SyncStorageIo),
-        ("wal-uring", _standard_ring),
-        ("wal-uring-sqpoll", _sqpoll_ring),
-    )
-    for name, create in logs:
-        register_implementation(
-            Implementation(
-                name,
-                create,
-                "wal",
-                compared_with=("hand-pwrite", "hand-pwritev"),
-                follows_pattern=False,
-            )
-        )
-    register_implementation(
-        Implementation(
-            "wal", SyncStorageIo, "wal-replay", compared_with=("hand-read",), follows_pattern=False
-        )
-    )
-
-
-_register_implementations()
+WAL_REPLAY = _replay_workload("WAL3", "wal_replay", 4 * KIB, 262_144, "1 GiB of 4 KiB records")
+WAL_REPLAY_256 = _replay_workload(
+    "WAL4", "wal_replay_256", 256, 4_000_000, "4,000,000 records of 256 B"
+)

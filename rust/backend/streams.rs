@@ -23,6 +23,10 @@
 
 use std::collections::VecDeque;
 
+use super::errors::BackendError;
+use super::UringBackend;
+use crate::manager::STREAM_OFFSET;
+
 /// Queued operations past this many are refused (QueueFullError).
 pub const MAX_QUEUED_OPERATIONS: usize = 1024;
 /// Queued write bytes past this many are refused (QueueFullError).
@@ -87,6 +91,60 @@ impl StreamQueue {
         }
         self.busy = op.is_some();
         op
+    }
+}
+
+// The backend's side of streams: admitting an operation to a stream's queue and sending the
+// next one to the ring.
+
+/// The tag of a stream's writes, which have no write sequence.
+const STREAM_WRITE_TAG: u64 = u64::MAX;
+
+impl UringBackend {
+    /// An operation on a stream: to the ring if nothing of the stream is there, else queued
+    /// behind what is (see `streams`).
+    pub(super) fn submit_to_stream(
+        &mut self,
+        slot: u32,
+        bytes: usize,
+        make: impl FnOnce(u64) -> crate::backend::streams::StreamOp,
+    ) -> Result<u64, BackendError> {
+        let token = self.manager.peek_token();
+        let queue = self.file_at(slot).stream.as_mut().expect("a stream");
+        queue.check_room(bytes).map_err(BackendError::QueueFull)?;
+        let admitted = queue.admit(make(token));
+        if admitted.is_none() {
+            self.stream_ops_waiting += 1;
+        }
+        let taken = self.manager.reserve_token();
+        debug_assert_eq!(taken, token);
+        self.outstanding += 1;
+        self.counts.submitted += 1;
+        self.file_at(slot).operations += 1;
+        if let Some(op) = admitted {
+            self.send_stream_op(slot, op);
+        }
+        Ok(token)
+    }
+
+    pub(super) fn send_stream_op(&mut self, slot: u32, op: crate::backend::streams::StreamOp) {
+        use crate::backend::streams::StreamOp;
+        match op {
+            StreamOp::Write { token, data } => {
+                self.manager
+                    .submit_owned(token, slot, data, STREAM_OFFSET, STREAM_WRITE_TAG);
+            }
+            StreamOp::Datasync { token } => self.manager.push_datasync(token, slot, 0),
+            StreamOp::Read { token, len } => {
+                self.manager
+                    .submit_read(token, slot, len, STREAM_OFFSET, false);
+            }
+        }
+    }
+
+    /// Stream operations waiting behind another of their stream (see `streams`).
+    pub fn stream_ops_waiting(&self) -> usize {
+        self.stream_ops_waiting
     }
 }
 

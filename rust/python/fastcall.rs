@@ -98,8 +98,10 @@ pub fn install(
     // (once per method per process: the module is initialised once).
     let def = Box::leak(Box::new(ffi::PyMethodDef {
         ml_name: leak_c_string(method.name),
-        // SAFETY: the flag below tells CPython to call the pointer with the fast signature.
         ml_meth: ffi::PyMethodDefPointer {
+            // SAFETY: both are `extern "C"` function pointers of the same size; CPython
+            // calls this one with the fast signature, which is `raw`'s, because
+            // `ml_flags` below says METH_FASTCALL | METH_KEYWORDS.
             PyCFunction: unsafe { std::mem::transmute::<RawFastMethod, ffi::PyCFunction>(raw) },
         },
         ml_flags: METH_FASTCALL | ffi::METH_KEYWORDS,
@@ -138,10 +140,12 @@ pub unsafe fn call(
     let py = unsafe { Python::assume_attached() };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let nargs = nargs as usize;
-        // SAFETY: CPython passes a live instance, `nargs` positional arguments and, when
-        // `kwnames` is not NULL, one more per keyword name, all borrowed for the call.
+        // SAFETY: CPython passes the live instance the method was called on, borrowed for
+        // the call.
         let instance = unsafe { Borrowed::from_ptr(py, slf) };
         if kwnames.is_null() && nargs == method.arity {
+            // SAFETY: no keywords, so `args` holds exactly `nargs` live argument pointers,
+            // borrowed for the call (the caller's contract, see `# Safety`).
             let raw = unsafe { arguments(args, nargs) };
             return (method.body)(&instance, Args { py, raw });
         }
@@ -149,14 +153,20 @@ pub unsafe fn call(
             None
         } else {
             Some(
+                // SAFETY: `kwnames` is not NULL here, so it is the live tuple of keyword
+                // names CPython passes with a vectorcall, borrowed for the call.
                 unsafe { Borrowed::from_ptr(py, kwnames) }
                     .cast::<PyTuple>()?
                     .to_owned(),
             )
         };
         let total = nargs + keywords.as_ref().map_or(0, |k| k.len());
+        // SAFETY: with keyword names, `args` holds `nargs` positional values followed by
+        // one value per name: `total` live pointers, borrowed for the call.
         let values: Vec<Bound<'_, PyAny>> = unsafe { arguments(args, total) }
             .iter()
+            // SAFETY: each is one of those live argument pointers; `to_owned` takes a
+            // reference of our own before the borrow ends.
             .map(|&p| unsafe { Borrowed::from_ptr(py, p) }.to_owned())
             .collect();
         call_generic(py, method, &instance, &values, nargs, keywords)

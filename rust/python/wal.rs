@@ -5,7 +5,7 @@
 //!
 //! Payloads that are not `bytes` are copied once through `memoryview(...).tobytes()`
 //! instead of borrowing their buffer: the framer copies every payload anyway, and this
-//! keeps the unsafe buffer-protocol code in one place (`python.rs`).
+//! keeps the unsafe buffer-protocol code in one place (`python::buffer`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,9 +15,9 @@ use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyMemoryView, PyTuple};
 
-use super::format::{SegmentHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
-use super::framer::{Framed, Framer};
-use super::scan::{recover, RecoverError, Replay, SegmentFile, TornTail};
+use crate::wal::format::{SegmentHeader, FORMAT_VERSION, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN};
+use crate::wal::framer::{Framed, Framer};
+use crate::wal::scan::{recover, RecoverError, Replay, SegmentFile, TornTail};
 
 /// Registers the log's native names on the extension module.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {

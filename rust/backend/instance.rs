@@ -1,0 +1,180 @@
+//! The `UringBackend` value: the ring manager, the file table, the tokens outstanding and
+//! the counters; and the calls that look at all of it at once (flush, poll, drained). Its
+//! other methods live with their concern in the sibling files (see `backend`).
+
+use std::io;
+use std::os::fd::RawFd;
+
+use super::files::FileSlot;
+use super::ordering::Held;
+use crate::config::IoUringConfig;
+use crate::handback::{Completion, Handback};
+use crate::manager::{Finished, Metrics, RingManager, TokenMap};
+use crate::ring::Unavailable;
+
+pub struct UringBackend {
+    pub(super) manager: RingManager,
+    pub(super) owner: u64,
+    pub(super) buffer_size: usize,
+    pub(super) slots: Vec<FileSlot>,
+    pub(super) free_slots: Vec<u32>,
+    /// Slots whose file has an open batch, so a flush seals them without scanning all.
+    pub(super) open_batches: Vec<u32>,
+    /// The members of sealed batches of more than one write, by the batch's SQE token.
+    pub(super) batch_members: TokenMap<Vec<(u64, usize)>>,
+    pub(super) handback: Handback,
+    /// Tokens handed out and not yet completed (ready ones excluded).
+    pub(super) outstanding: usize,
+    pub(super) held_count: usize,
+    /// Held operations whose writes have all completed: (token, slot, what), not yet issued.
+    pub(super) released: Vec<(u64, u32, Held)>,
+    /// submit_* calls since the last flush/poll/wait/wait_for (what flush() reports).
+    pub(super) submits_since_flush: usize,
+    /// Stream operations queued behind another of their stream, all streams (`streams`):
+    /// kept as a count because every call looks at it.
+    pub(super) stream_ops_waiting: usize,
+    pub(super) datasyncs_in_caller: u64,
+    pub(super) writes_in_caller: u64,
+    pub(super) counts: OperationCounts,
+    pub(super) finished: Vec<Finished>,
+    pub(super) background_flush_bytes: u64,
+    /// Background flushes in flight, all files: they hold no token, but close waits for them.
+    pub(super) flushes_in_flight: usize,
+}
+
+/// What the caller's operations (tokens) did, however they travelled: through the ring
+/// (one SQE for a whole batch of writes), or in the caller's thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationCounts {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub bytes_written: u64,
+}
+
+impl UringBackend {
+    /// `config` must already be validated.
+    pub fn new(core_id: usize, config: &IoUringConfig, owner: u64) -> Result<Self, Unavailable> {
+        let manager = RingManager::new(core_id, config)?;
+        Ok(Self {
+            manager,
+            owner,
+            buffer_size: config.buffer_size,
+            slots: (0..config.max_files)
+                .map(|_| FileSlot {
+                    generation: 0,
+                    file: None,
+                })
+                .collect(),
+            free_slots: (0..config.max_files).rev().collect(),
+            open_batches: Vec::new(),
+            batch_members: TokenMap::default(),
+            handback: Handback::default(),
+            outstanding: 0,
+            held_count: 0,
+            released: Vec::new(),
+            submits_since_flush: 0,
+            stream_ops_waiting: 0,
+            datasyncs_in_caller: 0,
+            writes_in_caller: 0,
+            counts: OperationCounts::default(),
+            finished: Vec::new(),
+            background_flush_bytes: config.background_flush_bytes as u64,
+            flushes_in_flight: 0,
+        })
+    }
+
+    pub fn manager(&self) -> &RingManager {
+        &self.manager
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.manager.metrics()
+    }
+
+    pub fn operation_counts(&self) -> OperationCounts {
+        self.counts
+    }
+
+    /// Datasyncs and batches run in the caller's thread inside `wait()`.
+    pub fn work_in_caller(&self) -> (u64, u64) {
+        (self.datasyncs_in_caller, self.writes_in_caller)
+    }
+
+    /// Signal `eventfd` for every completion the kernel posts (see
+    /// `RingManager::register_eventfd`). A completion is only handed back by `poll`, so a
+    /// waiter reads the eventfd first and then polls until nothing is left.
+    pub fn register_eventfd(&mut self, eventfd: RawFd) -> io::Result<()> {
+        self.manager.register_eventfd(eventfd)
+    }
+
+    pub fn unregister_eventfd(&mut self) -> io::Result<()> {
+        self.manager.unregister_eventfd()
+    }
+
+    /// Submitted and not yet handed back.
+    pub fn pending_count(&self) -> usize {
+        self.outstanding + self.handback.waiting_len()
+    }
+
+    /// The submit_* calls since the last call of this (flush, poll, wait, wait_for do).
+    pub fn take_submit_count(&mut self) -> usize {
+        std::mem::take(&mut self.submits_since_flush)
+    }
+
+    /// A token handed to the caller: it is live until handed back.
+    pub(super) fn issued(&mut self, token: u64) -> u64 {
+        self.handback.issued(token);
+        self.submits_since_flush += 1;
+        token
+    }
+
+    /// Completions handed over so far; a change tells a waiter there may be something new.
+    pub fn deliveries(&self) -> u64 {
+        self.handback.deliveries
+    }
+
+    /// Hands queued work (open batches included) to the kernel; returns how many SQEs went.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        self.seal_all();
+        self.manager.flush()
+    }
+
+    /// Never blocks on I/O: submits what is queued and hands back what is ready. Reaps the
+    /// kernel's completions only with `may_reap` (see `waiters`: not while another thread
+    /// sleeps for them).
+    pub fn poll(&mut self, out: &mut Vec<Completion>, may_reap: bool) -> io::Result<()> {
+        self.flush()?;
+        if may_reap {
+            self.collect();
+            self.send_released();
+            // Operations released by `collect` should not wait for the next call.
+            self.manager.flush()?;
+        }
+        self.handback.take_ready(out);
+        Ok(())
+    }
+
+    pub fn handback(&mut self) -> &mut Handback {
+        &mut self.handback
+    }
+
+    /// Tokens not completed and not claimed by a `wait_for`.
+    pub fn unclaimed_outstanding(&self) -> usize {
+        self.outstanding - self.handback.claimed_unfinished()
+    }
+
+    /// Nothing in flight any more, background flushes included.
+    pub fn drained(&self) -> bool {
+        self.outstanding == 0 && self.flushes_in_flight == 0
+    }
+
+    /// Whether anything the kernel will complete is in flight.
+    pub fn kernel_busy(&self) -> bool {
+        self.manager.in_flight() > 0
+    }
+
+    pub fn manager_mut(&mut self) -> &mut RingManager {
+        &mut self.manager
+    }
+}

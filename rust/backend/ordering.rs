@@ -1,0 +1,108 @@
+//! Ordering datasyncs. io_uring starts SQEs in any order it likes and an fsync SQE does not
+//! wait for write SQEs ahead of it (io_uring_enter(2)). We hold a datasync back in user
+//! space until every write submitted before it to the same file has completed, then issue
+//! it. The alternatives were weighed:
+//! - IOSQE_IO_DRAIN orders the sync after *every* earlier SQE of the ring, other files
+//!   included, and stalls every later SQE behind it: one slow file stalls all of them;
+//! - IOSQE_IO_LINK chains one SQE to the next, so the writes before a sync would have to be
+//!   one serial chain (or one SQE), and a short write breaks the chain and cancels the sync.
+//!
+//! Holding back costs one extra trip through the completion queue per sync that finds writes
+//! still in flight, and none when the writes are already done (the common group-commit case,
+//! where the caller waits for its appends before syncing); it orders only what must be
+//! ordered, per file, and needs no kernel feature. Reads are held the same way (`reads`).
+
+use super::background_flush::Unflushed;
+use super::errors::BackendError;
+use super::files::Handle;
+use super::UringBackend;
+
+/// An operation held back until the writes before it to its file are done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Held {
+    Datasync,
+    Read { len: usize, offset: u64 },
+}
+
+/// Held operations past this many (all files) make `submit_*` wait for room.
+pub(super) const MAX_HELD: usize = 16_384;
+
+impl UringBackend {
+    pub fn submit_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
+        self.file_mut(handle)?;
+        let token = if self.file_at(handle.slot).stream.is_some() {
+            self.submit_to_stream(handle.slot, 0, |token| {
+                crate::backend::streams::StreamOp::Datasync { token }
+            })?
+        } else {
+            self.submit_held(handle.slot, Held::Datasync)?
+        };
+        Ok(self.issued(token))
+    }
+
+    /// A datasync or read of a file (not a stream): to the ring now when no earlier write
+    /// to the file is unfinished, else held until they are.
+    pub(super) fn submit_held(&mut self, slot: u32, what: Held) -> Result<u64, BackendError> {
+        let file = self.file_at(slot);
+        let must_hold = !file.writes_in_flight.is_empty();
+        if must_hold && self.held_count >= MAX_HELD {
+            return Err(BackendError::NoRoom);
+        }
+        self.outstanding += 1;
+        self.counts.submitted += 1;
+        let file = self.file_at(slot);
+        file.operations += 1;
+        if what == Held::Datasync {
+            // It flushes everything completed so far: nothing left for the background.
+            file.unflushed = Unflushed::default();
+        }
+        if let Some(batch) = file.open_batch.as_mut() {
+            // Not sent yet: the next flush sends it, or a wait() for this writes it.
+            batch.closed = true;
+        }
+        let covers = file.next_write_seq.wrapping_sub(1);
+        let token = self.manager.reserve_token();
+        if !must_hold {
+            self.issue_held(token, slot, what);
+            return Ok(token);
+        }
+        self.file_at(slot).held.push_back((token, covers, what));
+        self.held_count += 1;
+        Ok(token)
+    }
+
+    pub(super) fn issue_held(&mut self, token: u64, slot: u32, what: Held) {
+        match what {
+            Held::Datasync => self.manager.push_datasync(token, slot, 0),
+            Held::Read { len, offset } => {
+                self.manager.submit_read(token, slot, len, offset, true);
+            }
+        }
+    }
+
+    /// Sends the held operations whose writes are all done to the ring.
+    pub fn send_released(&mut self) {
+        for (token, slot, what) in std::mem::take(&mut self.released) {
+            self.issue_held(token, slot, what);
+        }
+    }
+
+    /// The write with sequence `seq` of the file in `slot` is done: release the operations
+    /// that were waiting for it and nothing else.
+    pub(super) fn write_finished(&mut self, slot: u32, seq: u64) {
+        let file = self.slots[slot as usize]
+            .file
+            .as_mut()
+            .expect("a file stays registered while it has operations in flight");
+        file.writes_in_flight.remove(&seq);
+        let oldest = file.writes_in_flight.first().copied();
+        while let Some(&(token, covers, what)) = file.held.front() {
+            if oldest.is_some_and(|seq| seq <= covers) {
+                break;
+            }
+            file.held.pop_front();
+            self.held_count -= 1;
+            self.released.push((token, slot, what));
+        }
+    }
+}

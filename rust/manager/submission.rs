@@ -1,0 +1,349 @@
+//! Submission: building the SQE of each part of an operation, entering the operation in
+//! the pending table, queueing the SQE (into a backlog when the submission queue is full),
+//! and handing what is queued to the kernel. The `unsafe` of pushing an SQE is here and
+//! only here.
+
+use io_uring::{opcode, squeue, types};
+use std::io;
+use std::time::Instant;
+
+use super::pending::{Kind, Operation, Part, Source};
+use super::reads::{ReadOp, STREAM_OFFSET};
+use super::tokens::PART_BITS;
+use super::RingManager;
+use crate::buffers::BufferPool;
+use crate::config::RingMode;
+
+/// The kernel moves at most this many bytes in one write (MAX_RW_COUNT); longer parts are
+/// continued like a short write.
+pub(super) const MAX_BYTES_PER_SQE: usize = 0x7fff_f000;
+
+impl RingManager {
+    /// Copies `data` into registered buffers (or one private copy) and queues its parts.
+    /// The caller has checked that `buffers_needed(data.len())` buffers are free.
+    pub fn submit_write(&mut self, file_slot: u32, data: &[u8], offset: u64, tag: u64) -> u64 {
+        let token = self.take_token();
+        let parts = match self.buffers_needed(data.len()) {
+            Some(_) if data.is_empty() => vec![self.registered_part(&[], offset)],
+            Some(_) => data
+                .chunks(self.pool.buffer_size())
+                .enumerate()
+                .map(|(i, chunk)| {
+                    self.registered_part(chunk, offset + (i * self.pool.buffer_size()) as u64)
+                })
+                .collect(),
+            None => vec![Part {
+                source: Source::Owned(data.into()),
+                offset,
+                len: data.len(),
+                done: 0,
+            }],
+        };
+        self.issue_write(token, file_slot, parts, data.len(), tag);
+        token
+    }
+
+    /// Queues a write of `data` as one part from its own copy, under `token`: for a stream,
+    /// whose bytes must leave in one piece (`offset` is then `STREAM_OFFSET`).
+    pub fn submit_owned(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        data: Box<[u8]>,
+        offset: u64,
+        tag: u64,
+    ) {
+        let len = data.len();
+        let part = Part {
+            source: Source::Owned(data),
+            offset,
+            len,
+            done: 0,
+        };
+        self.issue_write(token, file_slot, vec![part], len, tag);
+    }
+
+    /// Queues a read of `len` bytes at `offset` (`STREAM_OFFSET` on a stream) under `token`:
+    /// into a registered buffer when `registered` and it fits one (the caller checked one is
+    /// free), else into a private buffer.
+    pub fn submit_read(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        len: usize,
+        offset: u64,
+        registered: bool,
+    ) {
+        let buffer = (registered && len <= self.pool.buffer_size())
+            .then(|| self.pool.acquire())
+            .flatten();
+        let mut read = match buffer {
+            Some(buffer) => ReadOp::registered(buffer, offset, len),
+            None => ReadOp::private(offset, len),
+        };
+        let entry = read.entry(&self.pool, file_slot, token << PART_BITS);
+        self.private_bytes += read.private_bytes();
+        self.push(entry);
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag: 0,
+                kind: Kind::Read(read),
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    /// Queues the SQEs of every part of a write and tracks it until its last part is done.
+    pub(super) fn issue_write(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        parts: Vec<Part>,
+        total: usize,
+        tag: u64,
+    ) {
+        for (index, part) in parts.iter().enumerate() {
+            if let Source::Owned(bytes) = &part.source {
+                self.private_bytes += bytes.len();
+            }
+            let entry = self.part_entry(file_slot, token, index, part);
+            self.push(entry);
+        }
+        let parts_left = parts.len();
+        let kind = Kind::Write {
+            parts,
+            parts_left,
+            first_error: None,
+            total,
+        };
+        let op = Operation {
+            file_slot,
+            tag,
+            kind,
+            submitted_at: Instant::now(),
+        };
+        self.in_flight.insert(token, op);
+        self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    /// Queues a write of the first `len` bytes of a buffer lent by `acquire_buffer`, under
+    /// `token`.
+    pub fn submit_registered(
+        &mut self,
+        token: u64,
+        file_slot: u32,
+        buffer: u32,
+        offset: u64,
+        len: usize,
+        tag: u64,
+    ) {
+        let part = Part {
+            source: Source::Registered(buffer),
+            offset,
+            len,
+            done: 0,
+        };
+        self.issue_write(token, file_slot, vec![part], len, tag);
+    }
+
+    pub(super) fn registered_part(&mut self, chunk: &[u8], offset: u64) -> Part {
+        let index = self
+            .pool
+            .acquire()
+            .expect("caller checked that enough buffers are free");
+        self.pool.buffer_mut(index)[..chunk.len()].copy_from_slice(chunk);
+        Part {
+            source: Source::Registered(index),
+            offset,
+            len: chunk.len(),
+            done: 0,
+        }
+    }
+
+    pub(super) fn part_entry(
+        &self,
+        file_slot: u32,
+        token: u64,
+        index: usize,
+        part: &Part,
+    ) -> squeue::Entry {
+        part_entry(&self.pool, file_slot, token, index, part)
+    }
+}
+
+impl RingManager {
+    /// Queues an fdatasync of the file in `file_slot`. Ordering against earlier writes is
+    /// the backend's job; this only issues it.
+    pub fn submit_datasync(&mut self, file_slot: u32, tag: u64) -> u64 {
+        let token = self.take_token();
+        self.push_datasync(token, file_slot, tag);
+        token
+    }
+
+    pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) {
+        self.push(datasync_entry(file_slot, token));
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag,
+                kind: Kind::Sync,
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.submitted += 1;
+        self.after_push();
+    }
+
+    /// Queues an fdatasync of `len` bytes at `offset` through `fd`, a descriptor of the file
+    /// in `file_slot` that the backend keeps for this (see `UringBackend::start_flush_if_due`);
+    /// its completion goes to the backend. `fd` must stay open until then.
+    pub fn submit_background_flush(
+        &mut self,
+        file_slot: u32,
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: u32,
+    ) {
+        let token = self.take_token();
+        self.push(background_flush_entry(fd, token, offset, len));
+        self.in_flight.insert(
+            token,
+            Operation {
+                file_slot,
+                tag: 0,
+                kind: Kind::BackgroundFlush { fd, offset, len },
+                submitted_at: Instant::now(),
+            },
+        );
+        self.metrics.background_flushes += 1;
+        self.after_push();
+    }
+
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            let mut queue = self.ring.submission();
+            // SAFETY: every buffer an SQE points at (a registered buffer or an owned copy)
+            // belongs to an operation in `in_flight`, which keeps it alive and unaliased until
+            // the CQE of that part is reaped; the fixed file slot stays registered until the
+            // backend sees no operation on it.
+            if unsafe { queue.push(&entry) }.is_ok() {
+                self.queued += 1;
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    pub(super) fn after_push(&mut self) {
+        // With SQPOLL the kernel thread takes entries as they land; only a sleeping thread
+        // needs a wake-up call, which `submit` makes only when IORING_SQ_NEED_WAKEUP is set.
+        // In standard mode entries wait for the next flush, so a batch costs one syscall.
+        if self.mode == RingMode::Sqpoll && self.backlog.is_empty() {
+            let _ = self.ring.submit();
+        }
+    }
+
+    /// Hands every queued SQE (backlog included) to the kernel; returns how many.
+    pub fn flush(&mut self) -> io::Result<usize> {
+        let mut handed = 0;
+        loop {
+            self.move_backlog();
+            let queued = std::mem::take(&mut self.queued);
+            // Nothing to hand over: skip the syscall, unless completions wait in the kernel's
+            // overflow list, which only an enter moves back into the ring.
+            if queued == 0 && !self.ring.submission().cq_overflow() {
+                return Ok(handed);
+            }
+            handed += queued;
+            self.metrics.sqes_submitted += queued as u64;
+            self.enter(0, None)?;
+            if self.backlog.is_empty() {
+                return Ok(handed);
+            }
+            if self.mode == RingMode::Sqpoll {
+                // The kernel thread has not consumed the queue yet; sleep until it has room.
+                self.metrics.enter_calls += 1;
+                self.ring.submitter().squeue_wait()?;
+            }
+        }
+    }
+
+    pub(super) fn move_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            let mut queue = self.ring.submission();
+            // SAFETY: as in `push`: the entry's buffer and file slot belong to an operation
+            // still in flight.
+            if unsafe { queue.push(entry) }.is_err() {
+                break;
+            }
+            drop(queue);
+            self.backlog.pop_front();
+            self.queued += 1;
+        }
+    }
+}
+
+pub(super) fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {
+    opcode::Fsync::new(types::Fixed(file_slot))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(token << PART_BITS)
+}
+
+/// The kernel takes an fsync range as [offset, offset + len] with the end included
+/// (io_uring's IORING_OP_FSYNC hands `offset + len` to vfs_fsync_range as its last byte), so
+/// `len` bytes starting at `offset` are `len - 1` here.
+pub(super) fn background_flush_entry(
+    fd: std::os::fd::RawFd,
+    token: u64,
+    offset: u64,
+    len: u32,
+) -> squeue::Entry {
+    opcode::Fsync::new(types::Fd(fd))
+        .offset(offset)
+        .len(len - 1) // callers flush whole pages: len >= 4096
+        .flags(types::FsyncFlags::DATASYNC)
+        .build()
+        .user_data(token << PART_BITS)
+}
+
+/// The SQE that writes what is left of `part`.
+pub(super) fn part_entry(
+    pool: &BufferPool,
+    file_slot: u32,
+    token: u64,
+    index: usize,
+    part: &Part,
+) -> squeue::Entry {
+    {
+        let remaining = (part.len - part.done).min(MAX_BYTES_PER_SQE) as u32;
+        let offset = if part.offset == STREAM_OFFSET {
+            STREAM_OFFSET
+        } else {
+            part.offset + part.done as u64
+        };
+        let user_data = token << PART_BITS | index as u64;
+        let file = types::Fixed(file_slot);
+        match &part.source {
+            Source::Registered(buffer) => {
+                let pointer = pool.pointer(*buffer).wrapping_add(part.done);
+                opcode::WriteFixed::new(file, pointer, remaining, *buffer as u16)
+                    .offset(offset)
+                    .build()
+                    .user_data(user_data)
+            }
+            Source::Owned(bytes) => {
+                opcode::Write::new(file, bytes[part.done..].as_ptr(), remaining)
+                    .offset(offset)
+                    .build()
+                    .user_data(user_data)
+            }
+        }
+    }
+}

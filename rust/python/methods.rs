@@ -1,0 +1,344 @@
+//! The Python methods of `UringStorageIo`, each only a crossing: take the arguments, run
+//! the backend (`crate::backend`) or wait (`crate::waiters`) through the helpers of
+//! `class`, hand back values. Their docstrings are what help() shows.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::arguments::{
+    config_int, deadline_from, extract_length, extract_offset, extract_tokens, file_descriptor,
+};
+use super::buffer::{extract_buffers, extract_data, Payload};
+use super::class::{fork_generation, PyUringStorageIo};
+use super::errors::UringUnavailableError;
+use super::module::new_instance_id;
+use super::values::{PyIoFd, PyIoUringConfig, PyRingMode};
+use crate::backend::UringBackend;
+use crate::config::RingMode;
+use crate::waiters::{Shared, WaitError};
+
+#[pymethods]
+impl PyUringStorageIo {
+    /// Opens an io_uring instance on `core_id` with `config` (an IoUringConfig; None:
+    /// the defaults). Raises UringUnavailableError saying why when io_uring cannot be
+    /// used here, ValueError for an invalid config.
+    #[new]
+    #[pyo3(signature = (core_id = None, config = None), text_signature = "(core_id=0, config=None)")]
+    fn new(
+        py: Python<'_>,
+        core_id: Option<&Bound<'_, PyAny>>,
+        config: Option<PyRef<'_, PyIoUringConfig>>,
+    ) -> PyResult<Self> {
+        let core_id: usize = core_id.map_or(Ok(0), |v| config_int("core_id", v))?;
+        let config = config.map(|c| c.inner.clone()).unwrap_or_default();
+        config.validate().map_err(|e| PyValueError::new_err(e.0))?;
+        let owner = new_instance_id();
+        let born = fork_generation();
+        let backend = py
+            .detach(|| UringBackend::new(core_id, &config, owner))
+            .map_err(|e| UringUnavailableError::new_err(e.0))?;
+        Ok(Self {
+            mode: backend.manager().mode(),
+            fallback_reason: backend.manager().fallback_reason().map(str::to_string),
+            shared: Shared::new(backend),
+            born_in_fork_generation: born,
+            core_id,
+            config,
+        })
+    }
+
+    /// Registers a file, pipe or socket (an int descriptor or anything with fileno())
+    /// and returns the IoFd the submit_* calls take. The backend keeps its own
+    /// descriptor; the file's append position starts at its size. A directory raises
+    /// ValueError.
+    fn register_fd(&self, py: Python<'_>, file: &Bound<'_, PyAny>) -> PyResult<PyIoFd> {
+        self.call(py, |_| Ok(()))?;
+        let raw = file_descriptor(file)?;
+        let h = self.call(py, |b| Ok(b.register_fd(raw)?))?;
+        Ok(PyIoFd {
+            owner: h.owner,
+            slot: h.slot,
+            generation: h.generation,
+        })
+    }
+
+    /// Waits (without the GIL) for the file's operations in flight, then closes the
+    /// backend's descriptor; their completions stay queued. The IoFd is dead afterwards.
+    fn deregister_fd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let handle = self.handle(py, fd)?;
+        Ok(self.blocking(py, |s| s.deregister_fd(handle))?)
+    }
+
+    /// Submits a write of `data` (any bytes-like object, copied before returning) at
+    /// byte `offset`; returns its token. Ignored offset on a pipe or socket.
+    pub(super) fn submit_write(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload(py, fd, extract_data(data).map(Payload::One), Some(offset))?)
+    }
+
+    /// Submits a write of `data` at the file's append position, which advances by
+    /// len(data) now; returns its token.
+    pub(super) fn submit_append(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload(py, fd, extract_data(data).map(Payload::One), None)?)
+    }
+
+    /// One write of the concatenation of `buffers` at `offset`, under one token.
+    fn submit_writev(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload(py, fd, extract_buffers(buffers), Some(offset))?)
+    }
+
+    /// One append of the concatenation of `buffers`, under one token.
+    fn submit_appendv(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload(py, fd, extract_buffers(buffers), None)?)
+    }
+
+    /// Submits an fdatasync of the file; returns its token. It completes only after every
+    /// earlier write and append to the file; result 0 means they are durable.
+    pub(super) fn submit_datasync(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let handle = self.handle(py, fd)?;
+        Ok(self.submit_with_room(py, (0, true), |b| Ok(b.submit_datasync(handle)?))?)
+    }
+
+    /// Submits a read of up to `length` bytes at `offset` (ignored on a pipe or socket);
+    /// returns its token. The completion's `data` holds the bytes read, fewer than
+    /// `length` only at the end of the file. It sees every write to the file submitted
+    /// before it.
+    fn submit_read(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        length: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let handle = self.handle(py, fd)?;
+        let length = extract_length(length);
+        let offset = extract_offset(offset);
+        Ok(self.submit_with_room(py, (0, true), |b| {
+            b.check_handle(handle)?;
+            let length = length.as_ref().map_err(|e| e.clone_ref(py))?;
+            let offset = offset.as_ref().map_err(|e| e.clone_ref(py))?;
+            Ok(b.submit_read(handle, *length, *offset)?)
+        })?)
+    }
+
+    /// Hands queued submissions to the kernel now; returns how many submit_* calls were
+    /// made since the previous flush(), poll_completions(), wait() or wait_for().
+    fn flush(&self, py: Python<'_>) -> PyResult<usize> {
+        self.check_open()?;
+        Ok(self.blocking(py, |s| {
+            s.access().run(|b| {
+                b.flush()?;
+                Ok(b.take_submit_count())
+            })
+        })?)
+    }
+
+    /// Returns the completions that are ready (possibly none); never blocks.
+    fn poll_completions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let ready = self.blocking(py, |s| {
+            let mut out = Vec::new();
+            s.access().poll(&mut out)?;
+            Ok(out)
+        })?;
+        Self::completions(py, ready)
+    }
+
+    /// Flushes, then blocks (without the GIL) until at least `min_complete` completions
+    /// are ready or `timeout` seconds pass, and returns all the ready ones. Completions
+    /// a wait_for() is waiting for are never among them.
+    #[pyo3(
+        signature = (min_complete = None, timeout = None),
+        text_signature = "($self, min_complete=1, timeout=None)"
+    )]
+    fn wait<'py>(
+        &self,
+        py: Python<'py>,
+        min_complete: Option<&Bound<'py, PyAny>>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.check_open()?;
+        let min_complete: usize = min_complete.map_or(Ok(1), |v| config_int("min_complete", v))?;
+        let deadline = deadline_from(timeout)?;
+        let mut out = Vec::new();
+        self.blocking(py, |s| s.wait(min_complete, deadline, &mut out))?;
+        Self::completions(py, out)
+    }
+
+    /// Blocks (without the GIL) until every token in `tokens` has completed, and returns
+    /// exactly their completions, in the order of `tokens`; other completions stay
+    /// queued. A token that is unknown, already handed back, listed twice or waited for
+    /// by another wait_for() raises ValueError. After `timeout` seconds it raises
+    /// TimeoutError and hands back nothing (timeout=0 makes it a non-blocking probe).
+    #[pyo3(signature = (tokens, timeout = None))]
+    fn wait_for<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: &Bound<'py, PyAny>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.check_open()?;
+        let tokens = extract_tokens(tokens)?;
+        let deadline = deadline_from(timeout)?;
+        self.blocking(py, |s| s.claim(&tokens))?;
+        let result = self.blocking(py, |s| match s.wait_claimed(&tokens, deadline) {
+            Err(WaitError::TimedOut) => Ok(None),
+            other => other.map(Some),
+        });
+        match result {
+            Ok(Some(done)) => Self::completions(py, done),
+            Ok(None) => {
+                let finished = self.shared.withdraw(&tokens);
+                let shown = timeout.map_or_else(|| "None".to_string(), |t| t.to_string());
+                Err(pyo3::exceptions::PyTimeoutError::new_err(format!(
+                    "wait_for: {} of {} tokens still not complete after {shown} s",
+                    tokens.len() - finished,
+                    tokens.len()
+                )))
+            }
+            Err(e) => {
+                self.shared.withdraw(&tokens);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Make the kernel signal the eventfd `fd` for every completion it posts, so that an
+    /// event loop can watch it (storage_io.aio does). Read the eventfd, then call
+    /// poll_completions() until it returns nothing: a completion arriving after the read
+    /// signals the eventfd again. The ring keeps its own reference to the eventfd.
+    /// Raises OSError (EBUSY) if one is registered already, (EBADF/EINVAL) if `fd` is
+    /// not an eventfd.
+    fn register_eventfd(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        let raw = file_descriptor(fd)?;
+        Ok(self.call(py, |b| Ok(b.register_eventfd(raw)?))?)
+    }
+
+    /// Stop signalling the eventfd registered with register_eventfd(). Raises OSError
+    /// (ENXIO) if none is registered.
+    fn unregister_eventfd(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(self.call(py, |b| Ok(b.unregister_eventfd()?))?)
+    }
+
+    /// How many submitted operations have not been handed back yet.
+    fn pending_count(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.call(py, |b| Ok(b.pending_count()))?)
+    }
+
+    /// Waits (without the GIL) for everything in flight, then releases the ring, buffers
+    /// and descriptors. Closing twice is harmless; threads waiting in wait() or
+    /// wait_for() get ClosedError.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(self.blocking(py, |s| s.close())?)
+    }
+
+    /// Returns the instance itself: `with UringStorageIo() as io:` closes it at the end.
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    /// Closes the instance (see close()); exceptions propagate.
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    /// "uring-sqpoll" or "uring": the ring mode this instance got.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        match self.mode {
+            RingMode::Sqpoll => "uring-sqpoll",
+            RingMode::Standard => "uring",
+        }
+    }
+
+    /// The ring mode this instance got (SQPOLL may fall back to STANDARD).
+    #[getter]
+    fn mode(&self) -> PyRingMode {
+        self.mode.into()
+    }
+
+    /// Why the instance is not in the mode asked for (SQPOLL refused), or None.
+    #[getter]
+    fn fallback_reason(&self) -> Option<String> {
+        self.fallback_reason.clone()
+    }
+
+    /// The core_id given at construction.
+    #[getter]
+    fn core_id(&self) -> usize {
+        self.core_id
+    }
+
+    /// The IoUringConfig this instance was built with.
+    #[getter]
+    fn config(&self) -> PyIoUringConfig {
+        PyIoUringConfig {
+            inner: self.config.clone(),
+        }
+    }
+
+    /// True once close() has started, or in a child that inherited the instance across
+    /// fork(). Never blocks.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inherited() || self.shared.is_closed()
+    }
+
+    /// Counters of this instance: the caller's operations (submitted, completed, failed,
+    /// bytes_written) and how they travelled (ring operations, syscalls, SQEs...).
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (m, ops, (syncs_in_caller, writes_in_caller)) = self.call(py, |b| {
+            Ok((b.metrics(), b.operation_counts(), b.work_in_caller()))
+        })?;
+        let d = PyDict::new(py);
+        // The caller's operations (tokens), as on every backend.
+        d.set_item("submitted", ops.submitted)?;
+        d.set_item("completed", ops.completed)?;
+        d.set_item("failed", ops.failed)?;
+        d.set_item("bytes_written", ops.bytes_written)?;
+        // How they travelled: ring operations (a batch of combined writes is one),
+        // their summed time from submission to completion, syscalls, SQEs.
+        d.set_item("ring_operations", m.completed)?;
+        d.set_item("ring_latency_ns_total", m.latency_ns_total)?;
+        d.set_item("sqes_submitted", m.sqes_submitted)?;
+        d.set_item("short_writes_continued", m.short_writes_continued)?;
+        d.set_item("cancelled_reissued", m.cancelled_reissued)?;
+        d.set_item("datasyncs_in_caller", syncs_in_caller)?;
+        d.set_item("writes_in_caller", writes_in_caller)?;
+        d.set_item("enter_calls", m.enter_calls)?;
+        d.set_item("background_flushes", m.background_flushes)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "UringStorageIo(backend='{}', core_id={}, closed={})",
+            self.backend(),
+            self.core_id,
+            if self.closed() { "True" } else { "False" }
+        )
+    }
+}

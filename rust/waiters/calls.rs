@@ -1,0 +1,194 @@
+//! The calls that wait, each a condition over the backend that `Shared::block_on` waits
+//! for: wait, wait_for (claim, wait_claimed, withdraw), room for a submission, a file's
+//! deregistration, and close.
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+use std::time::Instant;
+
+use super::errors::WaitError;
+use super::kernel_sleep::enter_and_wait;
+use super::shared::{Progress, Shared, State};
+use crate::backend::{Completion, Handle};
+
+impl Shared {
+    /// Blocks until at least `min_complete` completions are ready (or every unclaimed
+    /// outstanding operation is, if fewer are outstanding) or `deadline` passes, then hands
+    /// back everything ready and unclaimed.
+    pub fn wait(
+        &self,
+        min_complete: usize,
+        deadline: Option<Instant>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), WaitError> {
+        self.block_on(deadline, true, |backend, expired| {
+            backend.take_submit_count();
+            let ready = backend.handback().ready_len();
+            let could_be = ready + backend.unclaimed_outstanding();
+            let target = min_complete.min(could_be);
+            if ready >= target || expired {
+                backend.handback().take_ready(out);
+                return Ok(Progress::Done(()));
+            }
+            // When even every write already in the kernel would not make up the count, the
+            // caller waits for its open batches: write them now rather than send them off
+            // and sleep until a worker has.
+            let write_open = could_be.saturating_sub(backend.tokens_in_open_batches()) < target;
+            Ok(Progress::Waiting {
+                want: target - ready,
+                write_open,
+            })
+        })
+    }
+
+    /// Claims `tokens` for this caller's `wait_claimed`: from now on nobody else is handed
+    /// their completions. Claims nothing if any of them cannot be claimed.
+    pub fn claim(&self, tokens: &[u64]) -> Result<(), WaitError> {
+        let mut state = self.lock();
+        if state.closing {
+            return Err(WaitError::Closed);
+        }
+        let backend = state.backend.as_mut().ok_or(WaitError::Closed)?;
+        backend.take_submit_count();
+        backend.handback().claim(tokens).map_err(WaitError::Claim)
+    }
+
+    /// Blocks until every claimed token of `tokens` completed; hands back exactly their
+    /// completions, in that order. On timeout (or any error) the claim stays: `withdraw` it.
+    pub fn wait_claimed(
+        &self,
+        tokens: &[u64],
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Completion>, WaitError> {
+        self.block_on(deadline, true, |backend, _| {
+            let handback = backend.handback();
+            if handback.claim_complete(tokens) {
+                return Ok(Progress::Done(handback.take_claim(tokens)));
+            }
+            Ok(Progress::Waiting {
+                want: tokens.len() - handback.claim_progress(tokens),
+                write_open: false,
+            })
+        })
+    }
+
+    /// Gives up a claim: what of it completed is handed to the next wait/poll instead.
+    /// Returns how many of `tokens` had completed.
+    pub fn withdraw(&self, tokens: &[u64]) -> usize {
+        let mut state = self.lock();
+        let Some(backend) = state.backend.as_mut() else {
+            return 0;
+        };
+        let finished = backend.handback().claim_progress(tokens);
+        backend.handback().withdraw(tokens);
+        self.announce(&mut state);
+        finished
+    }
+
+    /// Blocks until a write of `len` bytes (with `held`, a held datasync or read) has
+    /// room.
+    pub fn make_room(&self, len: usize, held: bool) -> Result<(), WaitError> {
+        self.block_on(None, false, |backend, _| {
+            Ok(if backend.room_for(len, held)? {
+                Progress::Done(())
+            } else {
+                Progress::Waiting {
+                    want: backend.room_want(len),
+                    write_open: false,
+                }
+            })
+        })
+    }
+
+    /// Blocks until nothing is outstanding on `handle`'s file, then closes the backend's
+    /// descriptor.
+    pub fn deregister_fd(&self, handle: Handle) -> Result<(), WaitError> {
+        self.block_on(None, false, |backend, _| {
+            if backend.file_idle(handle)? {
+                backend.finish_deregister(handle)?;
+                return Ok(Progress::Done(()));
+            }
+            Ok(Progress::Waiting {
+                want: 1,
+                write_open: false,
+            })
+        })
+    }
+
+    /// Closes: from now on every call gets `Closed`; waits until no thread uses the ring,
+    /// then for everything in flight, then frees the ring, buffers and files. Closing a
+    /// closed instance does nothing. `Interrupted`: call again to go on waiting.
+    pub fn close(&self) -> Result<(), WaitError> {
+        let mut state = self.lock();
+        self.closed.store(true, Ordering::Release);
+        state.closing = true;
+        while state.closer {
+            // Another thread is closing: done when it is.
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        if state.backend.is_none() {
+            return Ok(());
+        }
+        if let Some(want) = state.sleeper {
+            let backend = state.backend.as_mut().expect("checked above");
+            let _ = backend.manager_mut().wake_sleeper(want);
+        }
+        self.wake.notify_all();
+        while state.sleeper.is_some() || state.working > 0 || state.pump {
+            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.closer = true;
+        let (mut state, result) = self.drain(state);
+        state.closer = false;
+        let backend = match result {
+            Ok(()) => state.backend.take(),
+            Err(_) => None,
+        };
+        self.wake.notify_all();
+        drop(state);
+        // The ring and the pool go here, without the lock.
+        drop(backend);
+        result
+    }
+
+    /// Waits for everything in flight; the caller is `close`, alone with the ring (every
+    /// other call returns `Closed` now). The lock is released while it sleeps.
+    pub(super) fn drain<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+    ) -> (MutexGuard<'a, State>, Result<(), WaitError>) {
+        loop {
+            let backend = state.backend.as_mut().expect("checked by close");
+            let step = (|| -> Result<bool, WaitError> {
+                backend.flush()?;
+                backend.collect();
+                backend.send_released();
+                backend.flush()?;
+                Ok(backend.drained())
+            })();
+            match step {
+                Ok(true) => {
+                    backend.release_files();
+                    return (state, Ok(()));
+                }
+                Ok(false) => {}
+                Err(e) => return (state, Err(e)),
+            }
+            let ticket = backend.manager_mut().prepare_sleep(1);
+            state.sleeper = Some(ticket.want as usize);
+            drop(state);
+            let (unsubmitted, result) = enter_and_wait(ticket, None);
+            state = self.lock();
+            state.sleeper = None;
+            let backend = state.backend.as_mut().expect("only close takes it");
+            backend.manager_mut().requeue(unsubmitted);
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    return (state, Err(WaitError::Interrupted))
+                }
+                Err(e) => return (state, Err(e.into())),
+            }
+        }
+    }
+}
