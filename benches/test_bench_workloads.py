@@ -29,8 +29,8 @@ from storage_io.bench import (
 )
 
 # Each workload's quick_scale: for W1..W5 5% of the docs/workloads.md counts (W1 5,000
-# appends, W2 100 batches, W3 51 MiB, W4 100 round trips, W5 10,000 appends); for the log's
-# L1..L4 2% or 2,048 records. The full counts are the bench command's job.
+# appends, W2 100 batches, W3 51 MiB, W4 100 round trips, W5 10,000 appends); for WAL1..WAL4
+# 2% or 2,048 records, for A1 and A2 2% and 1%. The full counts are the bench command's job.
 ROUNDS = 3
 
 
