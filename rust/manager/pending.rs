@@ -65,6 +65,22 @@ impl RingManager {
             })
             .sum()
     }
+
+    /// As `sqes_in_flight`, without background flushes: the CQEs that can hand a waiter a
+    /// token. A waiter that asked the kernel for all CQEs in flight would otherwise sleep
+    /// until the file's background fdatasync is done too, and every `wait()` of a long run
+    /// of writes would wait for a flush (W1's 100,000 appends: 1.8-1.9 s with flushes
+    /// counted, 1.2 s without, on this machine).
+    pub(super) fn sqes_with_tokens_in_flight(&self) -> usize {
+        self.in_flight
+            .values()
+            .map(|op| match &op.kind {
+                Kind::Write { parts_left, .. } => *parts_left,
+                Kind::Sync | Kind::Read(_) => 1,
+                Kind::BackgroundFlush { .. } => 0,
+            })
+            .sum()
+    }
 }
 
 /// Bytes of a write the kernel wrote from its start before it stopped: every part wholly

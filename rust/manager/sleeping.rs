@@ -73,7 +73,10 @@ impl RingManager {
         self.metrics.sqes_submitted += to_submit as u64;
         self.metrics.enter_calls += 1;
         let cq_room = (self.ring.params().cq_entries() as usize / 2).max(1);
-        let want = want.min(self.sqes_in_flight()).min(cq_room).max(1);
+        let want = want
+            .min(self.sqes_with_tokens_in_flight())
+            .min(cq_room)
+            .max(1);
         let wake_sqpoll = self.mode == RingMode::Sqpoll && self.ring.submission().need_wakeup();
         SleepTicket {
             fd: std::os::fd::AsRawFd::as_raw_fd(&self.ring),
