@@ -60,8 +60,10 @@ def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DE
 
 
 # A stall the code causes shows in every attempt; a burst of other jobs on a shared machine
-# seldom lasts through three.
-LAG_ATTEMPTS = 3
+# seldom lasts through five. Five, not three: a CI run on 2 cores saw three SQPOLL runs in a
+# row at p99 5.6-9 ms (its kernel thread takes one of the two cores) and the same test pass
+# at once right after; a loop that waits for the disk misses in every run.
+LAG_ATTEMPTS = 5
 
 
 def assert_lag_within(measure: Callable[[], Ticker], limit_s: float) -> None:
