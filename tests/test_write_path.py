@@ -5,6 +5,8 @@ batches written in the waiting caller's thread. Each test checks the bytes too."
 from __future__ import annotations
 
 import os
+import threading
+import time
 
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
 from storage_io import IoCompletion
@@ -141,5 +143,68 @@ def test_a_pipe_is_never_written_in_the_caller(make_uring_io):
         assert os.read(r, 16) == b"abcd"
         io.deregister_fd(fd)
     finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_flush_writes_a_batch_that_heads_its_file_in_the_caller(make_uring_io, tmp_path):
+    # "Submit a window, flush(), wait for it": nothing of the file is in the kernel, so
+    # flush() writes the batch itself and the datasync behind it is left for the wait.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(100, seed=i) for i in range(10)]
+    tokens = [io.submit_append(fd, r) for r in records]
+    tokens.append(io.submit_datasync(fd))
+    assert io.flush() == 11
+    metrics = io.metrics()
+    assert metrics["writes_in_caller"] == 1, metrics
+    assert metrics["ring_operations"] == 0, metrics
+    # Written before flush() returned, through another descriptor's eyes.
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+    completions = assert_exactly_once(io.wait(11), tokens)
+    assert_all_ok(completions.values())
+    assert [completions[t].result for t in tokens] == [100] * 10 + [0]
+    assert io.metrics()["datasyncs_in_caller"] == 1
+
+
+def test_flush_sends_a_batch_behind_writes_in_flight_to_the_ring(make_uring_io, tmp_path):
+    # Two full batches went to the kernel at submission and nobody has reaped them: the
+    # open third one may overlap nothing, but a write of the caller's now could still land
+    # before theirs, so it goes to the ring behind them.
+    io = make_uring_io(buffer_size=4096, buffer_count=8)
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(1024, seed=i) for i in range(9)]  # 4 + 4 full batches, 1 open
+    tokens = [io.submit_append(fd, r) for r in records]
+    io.flush()
+    assert io.metrics()["writes_in_caller"] == 0
+    assert_exactly_once(drain(io), tokens)
+    assert io.metrics()["ring_operations"] == 3
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_a_flush_written_in_the_caller_wakes_a_sleeping_waiter(make_uring_io, tmp_path):
+    # One thread sleeps in the kernel for one completion; the only operation there is a
+    # read of an empty pipe. Another thread's flush() completes an append in its own
+    # thread: the sleeper must be woken and handed it, not left asleep.
+    io = make_uring_io()
+    r, w = os.pipe()
+    try:
+        pipe = io.register_fd(r)
+        read_token = io.submit_read(pipe, 8, 0)
+        fd = register_path(io, tmp_path / "f")
+        got: list[IoCompletion] = []
+        sleeper = threading.Thread(target=lambda: got.extend(io.wait(1, timeout=30)))
+        sleeper.start()
+        time.sleep(0.2)  # let it reach the kernel
+        token = io.submit_append(fd, b"abc")
+        io.flush()
+        sleeper.join(timeout=10)
+        assert not sleeper.is_alive(), "the waiter slept through a completion"
+        assert [c.token for c in got] == [token]
+        assert io.metrics()["writes_in_caller"] == 1
+        os.write(w, b"12345678")
+        assert_exactly_once(drain(io), [read_token])
+    finally:
+        io.close()
         os.close(r)
         os.close(w)

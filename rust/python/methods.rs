@@ -144,15 +144,13 @@ impl PyUringStorageIo {
     }
 
     /// Hands queued submissions to the kernel now; returns how many submit_* calls were
-    /// made since the previous flush(), poll_completions(), wait() or wait_for().
+    /// made since the previous flush(), poll_completions(), wait() or wait_for(). A batch
+    /// of appends with nothing of its file in flight before it is written by this thread
+    /// (a copy into the page cache, never a wait for the disk), which spares the wait()
+    /// that follows a trip through a kernel worker.
     fn flush(&self, py: Python<'_>) -> PyResult<usize> {
         self.check_open()?;
-        Ok(self.blocking(py, |s| {
-            s.access().run(|b| {
-                b.flush()?;
-                Ok(b.take_submit_count())
-            })
-        })?)
+        Ok(self.blocking(py, |s| s.flush())?)
     }
 
     /// Returns the completions that are ready (possibly none); never blocks.

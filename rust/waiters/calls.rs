@@ -41,6 +41,24 @@ impl Shared {
         })
     }
 
+    /// flush(): hands what is queued to the kernel and returns the submit_* calls made since
+    /// the last flush, poll, wait or wait_for. A batch of writes that heads its file is
+    /// written by this thread, without the lock (see `UringBackend::take_flush_work`).
+    pub fn flush(&self) -> Result<usize, WaitError> {
+        let mut state = self.lock();
+        loop {
+            if state.closing {
+                return Err(WaitError::Closed);
+            }
+            let backend = state.backend.as_mut().ok_or(WaitError::Closed)?;
+            let Some(work) = backend.take_flush_work() else {
+                backend.flush()?;
+                return Ok(backend.take_submit_count());
+            };
+            state = self.do_caller_work(state, work);
+        }
+    }
+
     /// Claims `tokens` for this caller's `wait_claimed`: from now on nobody else is handed
     /// their completions. Claims nothing if any of them cannot be claimed.
     pub fn claim(&self, tokens: &[u64]) -> Result<(), WaitError> {
