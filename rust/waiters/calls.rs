@@ -142,7 +142,7 @@ impl Shared {
         state.closing = true;
         while state.closer {
             // Another thread is closing: done when it is.
-            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.park(state, None).0;
         }
         if state.backend.is_none() {
             return Ok(());
@@ -151,9 +151,9 @@ impl Shared {
             let backend = state.backend.as_mut().expect("checked above");
             let _ = backend.manager_mut().wake_sleeper(want);
         }
-        self.wake.notify_all();
+        self.notify(&state);
         while state.sleeper.is_some() || state.working > 0 || state.pump {
-            state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = self.park(state, None).0;
         }
         state.closer = true;
         let (mut state, result) = self.drain(state);
@@ -162,7 +162,7 @@ impl Shared {
             Ok(()) => state.backend.take(),
             Err(_) => None,
         };
-        self.wake.notify_all();
+        self.notify(&state);
         drop(state);
         // The ring and the pool go here, without the lock.
         drop(backend);

@@ -18,6 +18,9 @@ pub(super) struct State {
     /// The CQE count the thread sleeping in io_uring_enter waits for, if one does.
     pub(super) sleeper: Option<usize>,
     pub(super) condvar_waiters: usize,
+    /// Threads blocked on `wake` for any reason (`Shared::park`): notifying none is a futex
+    /// syscall for nothing, twice per round trip of a waiter that does its own work.
+    pub(super) parked: usize,
     /// Threads doing caller work without the lock.
     pub(super) working: usize,
     pub(super) closing: bool,
@@ -101,6 +104,7 @@ impl Shared {
                 backend: Some(backend),
                 sleeper: None,
                 condvar_waiters: 0,
+                parked: 0,
                 working: 0,
                 closing: false,
                 closer: false,
@@ -144,7 +148,7 @@ impl Shared {
                 .is_none_or(|b| b.stream_ops_waiting() == 0);
             if matches!(result, Err(WaitError::Closed | WaitError::Backend(_))) || idle {
                 state.pump = false;
-                self.wake.notify_all();
+                self.notify(&state);
                 return;
             }
         }
@@ -189,7 +193,38 @@ impl Shared {
             // lost, only later.
             let _ = backend.manager_mut().wake_sleeper(want);
         }
-        self.wake.notify_all();
+        self.notify(state);
+    }
+
+    /// Wakes every thread parked on `wake`, if there is one.
+    pub(super) fn notify(&self, state: &State) {
+        if state.parked > 0 {
+            self.wake.notify_all();
+        }
+    }
+
+    /// Blocks on `wake` until notified (or `timeout` passes: then true comes back too).
+    pub(super) fn park<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> (MutexGuard<'a, State>, bool) {
+        state.parked += 1;
+        let (mut state, timed_out) = match timeout {
+            Some(t) => {
+                let (g, r) = self
+                    .wake
+                    .wait_timeout(state, t)
+                    .unwrap_or_else(|p| p.into_inner());
+                (g, r.timed_out())
+            }
+            None => (
+                self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+                false,
+            ),
+        };
+        state.parked -= 1;
+        (state, timed_out)
     }
 
     /// Blocks until `check` says done, or `deadline` passes (`check` is then told so and
@@ -276,12 +311,9 @@ impl Shared {
         }
         state.condvar_waiters += 1;
         let slice = remaining.map_or(SLICE, |r| r.min(SLICE));
-        let (mut state, timeout) = self
-            .wake
-            .wait_timeout(state, slice)
-            .unwrap_or_else(|p| p.into_inner());
+        let (mut state, timed_out) = self.park(state, Some(slice));
         state.condvar_waiters -= 1;
-        if timeout.timed_out() && remaining.is_none_or(|r| r > SLICE) {
+        if timed_out && remaining.is_none_or(|r| r > SLICE) {
             return Err(WaitError::Interrupted);
         }
         Ok(state)
@@ -304,7 +336,7 @@ impl Shared {
         let backend = state.backend.as_mut().expect("close waits for the sleeper");
         backend.manager_mut().requeue(unsubmitted);
         backend.collect();
-        self.wake.notify_all();
+        self.notify(&state);
         match result {
             Ok(()) => Ok(state),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(WaitError::Interrupted),
