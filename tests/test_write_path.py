@@ -5,11 +5,13 @@ batches written in the waiting caller's thread. Each test checks the bytes too."
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 
 from _support import assert_all_ok, assert_exactly_once, drain, pattern, register_path
 from storage_io import IoCompletion
+from storage_io.aio._eventfd import open_eventfd, read_eventfd
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -208,3 +210,31 @@ def test_a_flush_written_in_the_caller_wakes_a_sleeping_waiter(make_uring_io, tm
         io.close()
         os.close(r)
         os.close(w)
+
+
+def test_with_an_eventfd_flush_leaves_the_writes_to_the_ring(make_uring_io, tmp_path):
+    # An event loop waits for the eventfd, which only the kernel's completions signal: a
+    # batch written by flush() itself would complete unannounced, and the datasync behind
+    # it would never be sent. So with an eventfd registered, flush() hands both over.
+    io = make_uring_io()
+    efd = open_eventfd()
+    try:
+        io.register_eventfd(efd)
+        fd = register_path(io, tmp_path / "f")
+        tokens = [io.submit_append(fd, b"x" * 100) for _ in range(4)]
+        tokens.append(io.submit_datasync(fd))
+        io.flush()
+        assert io.metrics()["writes_in_caller"] == 0
+        got: list[IoCompletion] = []
+        deadline = time.monotonic() + 10
+        while len(got) < len(tokens):
+            readable, _, _ = select.select([efd], [], [], max(0.0, deadline - time.monotonic()))
+            assert readable, f"no eventfd signal; completions so far: {got}"
+            read_eventfd(efd)
+            while batch := io.poll_completions():
+                got += batch
+        assert_all_ok(assert_exactly_once(got, tokens).values())
+        assert (tmp_path / "f").read_bytes() == b"x" * 400
+    finally:
+        io.close()
+        os.close(efd)

@@ -103,7 +103,15 @@ impl UringBackend {
     /// A datasync behind the batch is released by it, and the next wait() runs it in its
     /// own thread as it would have without the flush() call; a later poll or flush sends it
     /// to the ring. No datasync runs here: flush() never waits for the disk.
+    ///
+    /// Nothing is taken while an eventfd is registered: such an instance is driven by an
+    /// event loop, which learns of completions only from the CQEs that signal it (a write
+    /// done here posts none, and the datasync it releases would wait for a call that the
+    /// loop makes only when signalled), and which must not spend its time in a write.
     pub fn take_flush_work(&mut self) -> Option<CallerWork> {
+        if self.eventfd_registered {
+            return None;
+        }
         self.take_open_batch(true)
     }
 

@@ -40,6 +40,9 @@ pub struct UringBackend {
     pub(super) background_flush_bytes: u64,
     /// Background flushes in flight, all files: they hold no token, but close waits for them.
     pub(super) flushes_in_flight: usize,
+    /// An eventfd is registered: an event loop learns of completions from the kernel's
+    /// CQEs, so flush() leaves every write to the ring (`take_flush_work`).
+    pub(super) eventfd_registered: bool,
 }
 
 /// What the caller's operations (tokens) did, however they travelled: through the ring
@@ -81,6 +84,7 @@ impl UringBackend {
             finished: Vec::new(),
             background_flush_bytes: config.background_flush_bytes as u64,
             flushes_in_flight: 0,
+            eventfd_registered: false,
         })
     }
 
@@ -105,11 +109,15 @@ impl UringBackend {
     /// `RingManager::register_eventfd`). A completion is only handed back by `poll`, so a
     /// waiter reads the eventfd first and then polls until nothing is left.
     pub fn register_eventfd(&mut self, eventfd: RawFd) -> io::Result<()> {
-        self.manager.register_eventfd(eventfd)
+        self.manager.register_eventfd(eventfd)?;
+        self.eventfd_registered = true;
+        Ok(())
     }
 
     pub fn unregister_eventfd(&mut self) -> io::Result<()> {
-        self.manager.unregister_eventfd()
+        self.manager.unregister_eventfd()?;
+        self.eventfd_registered = false;
+        Ok(())
     }
 
     /// Submitted and not yet handed back.
