@@ -238,3 +238,32 @@ def test_with_an_eventfd_flush_leaves_the_writes_to_the_ring(make_uring_io, tmp_
     finally:
         io.close()
         os.close(efd)
+
+
+def test_a_read_queued_before_a_flushed_write_does_not_see_it(make_uring_io, tmp_path):
+    # The read is submitted first; flush() writes the batch after it in this thread, but
+    # only once the read has reached the kernel, as when both went in one submission.
+    path = tmp_path / "f"
+    path.write_bytes(b"old!")
+    io = make_uring_io()
+    fd = register_path(io, path, os.O_RDWR)
+    read = io.submit_read(fd, 8, 0)
+    write = io.submit_write(fd, b"NEW!", 0)
+    io.flush()
+    completions = assert_exactly_once(drain(io), [read, write])
+    assert completions[read].data == b"old!"
+    assert path.read_bytes() == b"NEW!"
+
+
+def test_a_second_flush_sends_the_datasync_the_first_released(make_uring_io, tmp_path):
+    # flush() writes the batch itself and leaves the datasync it released for a wait();
+    # the next flush() hands it to the kernel, with no wait or poll in between.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    tokens = [io.submit_append(fd, b"x" * 100), io.submit_datasync(fd)]
+    io.flush()
+    assert io.metrics()["ring_operations"] == 0
+    io.flush()
+    assert io.metrics()["sqes_submitted"] == 1
+    assert_all_ok(assert_exactly_once(drain(io), tokens).values())
+    assert io.metrics()["datasyncs_in_caller"] == 0

@@ -102,7 +102,8 @@ impl UringBackend {
     /// same loop without flush(), and now the same syscalls as that loop.
     /// A datasync behind the batch is released by it, and the next wait() runs it in its
     /// own thread as it would have without the flush() call; a later poll or flush sends it
-    /// to the ring. No datasync runs here: flush() never waits for the disk.
+    /// to the ring (`submit_queued`). No datasync runs here: flush() never waits for an
+    /// fdatasync, only for a write into the page cache.
     ///
     /// Nothing is taken while an eventfd is registered: such an instance is driven by an
     /// event loop, which learns of completions only from the CQEs that signal it (a write
@@ -116,18 +117,28 @@ impl UringBackend {
     }
 
     /// An open batch a caller may write itself: its file's oldest unfinished write, of a
-    /// regular file, and (without `every_open`) closed by a datasync.
+    /// regular file, with nothing of the file in the kernel's hands, and (without
+    /// `every_open`) closed by a datasync.
     fn take_open_batch(&mut self, every_open: bool) -> Option<CallerWork> {
         for index in 0..self.open_batches.len() {
             let slot = self.open_batches[index];
             let file = self.file_at(slot);
-            let Some((closed, seq)) = file.open_batch.as_ref().map(|b| (b.closed, b.seq)) else {
+            let Some((closed, seq, members)) = file
+                .open_batch
+                .as_ref()
+                .map(|b| (b.closed, b.seq, b.members.len()))
+            else {
                 continue;
             };
             // Only the file's oldest unfinished write: an earlier one still in the ring may
             // overlap it, and a pwrite now would land first and be overwritten by it.
             let oldest = file.writes_in_flight.first() == Some(&seq);
-            if !file.regular || !oldest || (!closed && !every_open) {
+            // And nothing else of the file in the ring: a read submitted before this batch
+            // (in the ring, or still queued for it, in SQPOLL mode picked up whenever the
+            // kernel thread gets to it) must not see it. The operations held behind the
+            // batch are the only others allowed.
+            let alone = file.operations == members + file.held.len();
+            if !file.regular || !oldest || !alone || (!closed && !every_open) {
                 continue;
             }
             let batch = file.open_batch.take().expect("checked above");

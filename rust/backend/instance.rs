@@ -148,6 +148,13 @@ impl UringBackend {
         self.manager.flush()
     }
 
+    /// Hands the kernel what is queued and the held operations released so far, leaving
+    /// open batches open: what `flush()` sends ahead of the batches it writes itself.
+    pub fn submit_queued(&mut self) -> io::Result<usize> {
+        self.send_released();
+        self.manager.flush()
+    }
+
     /// Never blocks on I/O: submits what is queued and hands back what is ready. Reaps the
     /// kernel's completions only with `may_reap` (see `waiters`: not while another thread
     /// sleeps for them).
