@@ -46,24 +46,24 @@ impl Shared {
     /// written by this thread, without the lock (see `UringBackend::take_flush_work`).
     pub fn flush(&self) -> Result<usize, WaitError> {
         let mut state = self.lock();
-        let mut first = true;
+        if state.closing {
+            return Err(WaitError::Closed);
+        }
+        // What was submitted before the batches this call may write (a read, a datasync
+        // released earlier) reaches the kernel first, as it did when the batches went in
+        // the same submission: a read queued before a write must not see it.
+        let backend = state.backend.as_mut().ok_or(WaitError::Closed)?;
+        backend.submit_queued()?;
         loop {
-            if state.closing {
-                return Err(WaitError::Closed);
-            }
             let backend = state.backend.as_mut().ok_or(WaitError::Closed)?;
-            if std::mem::take(&mut first) {
-                // What was submitted before the batches this call may write (a read, a
-                // datasync released earlier) reaches the kernel first, as it did when the
-                // batches went in the same submission: a read queued before a write must
-                // not see it.
-                backend.submit_queued()?;
-            }
             let Some(work) = backend.take_flush_work() else {
                 backend.flush()?;
                 return Ok(backend.take_submit_count());
             };
             state = self.do_caller_work(state, work);
+            if state.closing {
+                return Err(WaitError::Closed);
+            }
         }
     }
 
