@@ -267,3 +267,42 @@ def test_a_second_flush_sends_the_datasync_the_first_released(make_uring_io, tmp
     assert io.metrics()["sqes_submitted"] == 1
     assert_all_ok(assert_exactly_once(drain(io), tokens).values())
     assert io.metrics()["datasyncs_in_caller"] == 0
+
+
+def test_datasyncs_issued_together_share_one_fdatasync(make_uring_io, tmp_path):
+    # Committers that each append and then ask for a datasync: the datasyncs are ready
+    # together, and one fdatasync started after every append completed covers them all.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    records = [pattern(100, seed=i) for i in range(32)]
+    _append_all(io, fd, records)
+    before = io.metrics()
+    syncs = [io.submit_datasync(fd) for _ in records]
+    assert_all_ok(assert_exactly_once(drain(io), syncs).values())
+    after = io.metrics()
+    assert after["datasyncs_joined"] - before["datasyncs_joined"] == 31, after
+    fdatasyncs = (after["sqes_submitted"] - before["sqes_submitted"]) + (
+        after["datasyncs_in_caller"] - before["datasyncs_in_caller"]
+    )
+    assert fdatasyncs == 1, after
+    assert (tmp_path / "f").read_bytes() == b"".join(records)
+
+
+def test_a_datasync_after_a_newer_write_gets_an_fdatasync_of_its_own(make_uring_io, tmp_path):
+    # The first fdatasync may have started before the second append was written: the
+    # second datasync must not complete with it.
+    io = make_uring_io()
+    fd = register_path(io, tmp_path / "f")
+    for round in range(10):
+        first = io.submit_append(fd, pattern(100, seed=round))
+        first_sync = io.submit_datasync(fd)
+        done: list[IoCompletion] = []
+        while first not in {c.token for c in done}:
+            done.extend(io.poll_completions())  # sends the first datasync once it is due
+        second = io.submit_append(fd, pattern(50, seed=round))
+        second_sync = io.submit_datasync(fd)
+        while len(done) < 4:
+            done.extend(io.poll_completions())
+        tokens = [first, first_sync, second, second_sync]
+        assert_all_ok(assert_exactly_once(done, tokens).values())
+    assert io.metrics()["datasyncs_joined"] == 0

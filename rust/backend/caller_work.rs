@@ -23,8 +23,9 @@ pub enum CallerWork {
         fd: RawFd,
         bytes: *const u8,
     },
+    /// One fdatasync for every released datasync of the file (`tokens`).
     Datasync {
-        token: u64,
+        tokens: Vec<u64>,
         slot: u32,
         fd: RawFd,
     },
@@ -80,13 +81,23 @@ impl UringBackend {
         if let Some(work) = self.take_open_batch(every_open) {
             return Some(work);
         }
-        let at = self
+        let slot = self
             .released
             .iter()
-            .position(|&(_, _, what)| what == Held::Datasync)?;
-        let (token, slot, _) = self.released.swap_remove(at);
+            .find(|&&(_, _, what)| what == Held::Datasync)
+            .map(|&(_, slot, _)| slot)?;
+        // All of the file's released datasyncs: their writes are all complete, so one
+        // fdatasync started now covers every one of them (`shared_syncs`).
+        let mut tokens = Vec::new();
+        self.released.retain(|&(token, at, what)| {
+            let take = at == slot && what == Held::Datasync;
+            if take {
+                tokens.push(token);
+            }
+            !take
+        });
         let fd = self.file_at(slot).descriptor.as_raw_fd();
-        Some(CallerWork::Datasync { token, slot, fd })
+        Some(CallerWork::Datasync { tokens, slot, fd })
     }
 
     /// What `flush()` writes in the caller's thread instead of handing it to the ring: an
@@ -159,11 +170,14 @@ impl UringBackend {
     pub fn finish_caller_work(&mut self, work: CallerWork, (written, errno): WorkOutcome) {
         let result = errno.map_or(0, |e| -i64::from(e));
         match work {
-            CallerWork::Datasync { token, slot, .. } => {
-                self.file_at(slot).operations -= 1;
-                self.outstanding -= 1;
+            CallerWork::Datasync { tokens, slot, .. } => {
+                self.file_at(slot).operations -= tokens.len();
+                self.outstanding -= tokens.len();
                 self.datasyncs_in_caller += 1;
-                self.deliver(token, result, false);
+                self.datasyncs_joined += tokens.len() as u64 - 1;
+                for token in tokens {
+                    self.deliver(token, result, false);
+                }
             }
             CallerWork::Batch { slot, batch, .. } => {
                 self.manager.release_buffer(batch.buffer);

@@ -51,8 +51,7 @@ impl UringBackend {
                 1
             }
             (None, Done::Datasync | Done::BackgroundFlush) => {
-                self.deliver(done.token, done.result, false);
-                1
+                self.finish_datasync(done.token, slot, done.result)
             }
         };
         self.outstanding -= completed;

@@ -35,6 +35,10 @@ pub struct UringBackend {
     pub(super) stream_ops_waiting: usize,
     pub(super) datasyncs_in_caller: u64,
     pub(super) writes_in_caller: u64,
+    /// Datasyncs that completed with another's fdatasync (`shared_syncs`), and the tokens
+    /// waiting on each fdatasync in the ring, by the token of its SQE.
+    pub(super) datasyncs_joined: u64,
+    pub(super) sync_joiners: TokenMap<Vec<u64>>,
     pub(super) counts: OperationCounts,
     pub(super) finished: Vec<Finished>,
     pub(super) background_flush_bytes: u64,
@@ -80,6 +84,8 @@ impl UringBackend {
             stream_ops_waiting: 0,
             datasyncs_in_caller: 0,
             writes_in_caller: 0,
+            datasyncs_joined: 0,
+            sync_joiners: TokenMap::default(),
             counts: OperationCounts::default(),
             finished: Vec::new(),
             background_flush_bytes: config.background_flush_bytes as u64,
@@ -103,6 +109,11 @@ impl UringBackend {
     /// Datasyncs and batches run in the caller's thread inside `wait()`.
     pub fn work_in_caller(&self) -> (u64, u64) {
         (self.datasyncs_in_caller, self.writes_in_caller)
+    }
+
+    /// Datasyncs that completed with an fdatasync issued for another (`shared_syncs`).
+    pub fn datasyncs_joined(&self) -> u64 {
+        self.datasyncs_joined
     }
 
     /// Signal `eventfd` for every completion the kernel posts (see

@@ -9,6 +9,7 @@
 //! - `room`: whether a submission has buffers (or held slots) to go now, and how many
 //!   completions to wait for when it has not;
 //! - `ordering`: datasyncs held back until every earlier write to their file is done;
+//! - `shared_syncs`: datasyncs released together sharing one fdatasync;
 //! - `reads`: reads, held behind earlier writes as datasyncs are;
 //! - `streams`: pipes and sockets, whose operations go one at a time, in order;
 //! - `completions`: what the ring reaped, turned into the caller's completions;
@@ -28,6 +29,7 @@ mod instance;
 mod ordering;
 mod reads;
 mod room;
+mod shared_syncs;
 pub mod streams;
 #[cfg(test)]
 mod tests;

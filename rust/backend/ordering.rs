@@ -73,7 +73,7 @@ impl UringBackend {
 
     pub(super) fn issue_held(&mut self, token: u64, slot: u32, what: Held) {
         match what {
-            Held::Datasync => self.manager.push_datasync(token, slot, 0),
+            Held::Datasync => self.issue_datasync(token, slot),
             Held::Read { len, offset } => {
                 self.manager.submit_read(token, slot, len, offset, true);
             }
@@ -95,6 +95,7 @@ impl UringBackend {
             .as_mut()
             .expect("a file stays registered while it has operations in flight");
         file.writes_in_flight.remove(&seq);
+        file.writes_completed += 1;
         let oldest = file.writes_in_flight.first().copied();
         while let Some(&(token, covers, what)) = file.held.front() {
             if oldest.is_some_and(|seq| seq <= covers) {

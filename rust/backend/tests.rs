@@ -404,3 +404,81 @@ fn handles_of_another_instance_are_refused() {
     ));
     std::fs::remove_file(path).unwrap();
 }
+
+/// Polls (never runs work in the caller, as an event loop does) until `n` completions.
+fn poll_until(b: &B, n: usize) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut got = Vec::new();
+        b.run(|b| Ok(b.poll(&mut got, true)?)).unwrap();
+        out.extend(got.into_iter().map(|c| (c.token, c.result)));
+    }
+    out
+}
+
+#[test]
+fn datasyncs_issued_together_share_one_fdatasync_in_the_ring() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("shared_sync_ring");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    let write = append(&b, h, b"group");
+    b.flush().unwrap();
+    poll_until(&b, 1);
+    // Nothing of the file in flight: each goes to the ring at once, the first as an SQE.
+    let syncs: Vec<u64> = (0..32).map(|_| b.submit_datasync(h).unwrap()).collect();
+    let mut done = poll_until(&b, 32);
+    done.sort_unstable();
+    assert_eq!(done, syncs.iter().map(|&t| (t, 0)).collect::<Vec<_>>());
+    assert_eq!(b.with(|b| b.datasyncs_joined()), 31);
+    assert_eq!(
+        b.with(|b| b.manager.metrics()).submitted,
+        2,
+        "the write {write} and one fdatasync"
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn datasyncs_released_to_a_waiting_caller_share_one_fdatasync() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("shared_sync_caller");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    let write = append(&b, h, b"group");
+    let syncs: Vec<u64> = (0..32).map(|_| b.submit_datasync(h).unwrap()).collect();
+    let mut out = Vec::new();
+    b.wait(33, None, &mut out).unwrap();
+    let mut expected = vec![(write, 5)];
+    expected.extend(syncs.iter().map(|&t| (t, 0)));
+    assert_eq!(out, expected);
+    assert_eq!(
+        b.with(|b| b.work_in_caller()),
+        (1, 1),
+        "one fdatasync, one pwrite"
+    );
+    assert_eq!(b.with(|b| b.datasyncs_joined()), 31);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_datasync_never_shares_an_fdatasync_issued_before_a_write_it_covers_completed() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("shared_sync_order");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    for round in 0..20u8 {
+        let first = append(&b, h, &[round; 100]);
+        let first_sync = b.submit_datasync(h).unwrap();
+        b.flush().unwrap();
+        // The poll that reaps the write sends its datasync, whose CQE comes later.
+        assert_eq!(poll_until(&b, 1), vec![(first, 100)]);
+        let second = append(&b, h, &[round; 50]);
+        let second_sync = b.submit_datasync(h).unwrap();
+        let mut done = poll_until(&b, 3);
+        done.sort_unstable();
+        assert_eq!(done, vec![(first_sync, 0), (second, 50), (second_sync, 0)]);
+    }
+    // The second write completed after the first fdatasync was issued, whether or not that
+    // one was still running: each datasync had an fdatasync of its own.
+    assert_eq!(b.with(|b| b.datasyncs_joined()), 0);
+    assert_eq!(b.with(|b| b.manager.metrics()).submitted, 80);
+    std::fs::remove_file(path).unwrap();
+}

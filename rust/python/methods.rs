@@ -308,8 +308,13 @@ impl PyUringStorageIo {
     /// Counters of this instance: the caller's operations (submitted, completed, failed,
     /// bytes_written) and how they travelled (ring operations, syscalls, SQEs...).
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (m, ops, (syncs_in_caller, writes_in_caller)) = self.call(py, |b| {
-            Ok((b.metrics(), b.operation_counts(), b.work_in_caller()))
+        let (m, ops, (syncs_in_caller, writes_in_caller), syncs_joined) = self.call(py, |b| {
+            Ok((
+                b.metrics(),
+                b.operation_counts(),
+                b.work_in_caller(),
+                b.datasyncs_joined(),
+            ))
         })?;
         let d = PyDict::new(py);
         // The caller's operations (tokens), as on every backend.
@@ -326,6 +331,8 @@ impl PyUringStorageIo {
         d.set_item("cancelled_reissued", m.cancelled_reissued)?;
         d.set_item("datasyncs_in_caller", syncs_in_caller)?;
         d.set_item("writes_in_caller", writes_in_caller)?;
+        // Datasyncs that completed with an fdatasync made for another of the same file.
+        d.set_item("datasyncs_joined", syncs_joined)?;
         d.set_item("enter_calls", m.enter_calls)?;
         d.set_item("background_flushes", m.background_flushes)?;
         Ok(d)
