@@ -42,10 +42,10 @@ pub(super) struct OpenFile {
     pub(super) next_write_seq: u64,
     /// Sequence numbers of this file's writes not yet completed (open batch included).
     pub(super) writes_in_flight: BTreeSet<u64>,
-    /// Writes of this file completed so far (failed ones included).
-    pub(super) writes_completed: u64,
-    /// The fdatasync in the ring that a datasync issued now may share (`shared_syncs`).
+    /// The fdatasync of this file in the ring, which a datasync issued now may share
+    /// (`shared_syncs`), and the datasyncs waiting for it to finish, to go as the next one.
     pub(super) shared_sync: Option<SharedSync>,
+    pub(super) next_syncs: Vec<u64>,
     /// Datasyncs and reads waiting for earlier writes: (token, last write sequence they
     /// cover, what they are).
     pub(super) held: VecDeque<(u64, u64, Held)>,
@@ -105,8 +105,8 @@ impl UringBackend {
             append_position: size,
             next_write_seq: 0,
             writes_in_flight: BTreeSet::new(),
-            writes_completed: 0,
             shared_sync: None,
+            next_syncs: Vec::new(),
             held: VecDeque::new(),
             stream: stream.then(crate::backend::streams::StreamQueue::default),
             operations: 0,

@@ -95,7 +95,6 @@ impl UringBackend {
             .as_mut()
             .expect("a file stays registered while it has operations in flight");
         file.writes_in_flight.remove(&seq);
-        file.writes_completed += 1;
         let oldest = file.writes_in_flight.first().copied();
         while let Some(&(token, covers, what)) = file.held.front() {
             if oldest.is_some_and(|seq| seq <= covers) {

@@ -6,15 +6,25 @@
 //! (20,900 fdatasync SQEs for 1,300 writes), whose workers, flush completions and
 //! interrupts took the CPU from everything else (the event loop's p99 lag went past 5 ms).
 //!
-//! A datasync may instead complete with an fdatasync issued before it, when that one is
-//! still to complete and no write of the file has completed since it was issued: then every
-//! write the datasync covers (all completed, or it would be held) had completed before that
-//! fdatasync was issued, so before the kernel started it, and fdatasync makes durable what
-//! was written before it started. The joined datasyncs complete with its result, an error
-//! included: the error was met flushing their data too.
+//! A datasync may instead complete with an fdatasync of its file that the kernel has not
+//! taken from the submission queue yet. That one starts after this datasync was submitted,
+//! so it makes durable every write to the file that had completed by then, however it was
+//! made: through this instance (the datasync is only issued once its writes are done),
+//! another registration or instance, or a plain pwrite. Joining an fdatasync that the kernel
+//! had already taken would not be safe even when none of this instance's writes completed
+//! since: a write made some other way may have, and that fdatasync may have started before
+//! it. The joined datasyncs complete with its result, an error included: the error was met
+//! flushing their data too.
 //!
-//! Only fdatasyncs sent to the ring are shared. A caller that runs released datasyncs in its
-//! own thread runs one fdatasync for all those of the file (`take_caller_work`).
+//! While the file's fdatasync is in the kernel's hands, a new datasync waits for it to
+//! finish and then goes as the next one, with every datasync that came meanwhile: one
+//! fdatasync of a file in flight at a time, the next covering all that gathered (in SQPOLL
+//! mode the kernel's thread takes an SQE as soon as it lands, so without this the
+//! datasyncs of one tick would mostly go one by one).
+//!
+//! Only fdatasyncs sent to the ring are shared. A caller that runs released datasyncs in
+//! its own thread runs one fdatasync, started after all of them were submitted, for all
+//! those of the file (`take_caller_work`).
 
 use super::UringBackend;
 
@@ -23,45 +33,54 @@ use super::UringBackend;
 pub(super) struct SharedSync {
     /// The token of the datasync whose SQE it is.
     pub(super) lead: u64,
-    /// The file's `writes_completed` when it was issued.
-    pub(super) writes_completed: u64,
+    /// Its place in the order the kernel takes SQEs (`RingManager::kernel_has_taken`).
+    pub(super) place: u64,
 }
 
 impl UringBackend {
     /// Sends the datasync `token` of the file in `slot` (whose earlier writes are all
-    /// complete) to the ring, or lets it complete with the file's fdatasync in the ring if
-    /// that one may cover it (see the module's comment).
+    /// complete) to the ring; or lets it complete with the file's fdatasync that the kernel
+    /// has not taken yet; or, when the kernel has taken that one, keeps it for the next
+    /// (see the module's comment).
     pub(super) fn issue_datasync(&mut self, token: u64, slot: u32) {
-        let file = self.file_at(slot);
-        match file.shared_sync {
-            Some(shared) if shared.writes_completed == file.writes_completed => {
+        if let Some(shared) = self.file_at(slot).shared_sync {
+            if self.manager.kernel_has_taken(shared.place) {
+                self.file_at(slot).next_syncs.push(token);
+            } else {
                 self.sync_joiners
                     .entry(shared.lead)
                     .or_default()
                     .push(token);
-                self.datasyncs_joined += 1;
             }
-            _ => {
-                file.shared_sync = Some(SharedSync {
-                    lead: token,
-                    writes_completed: file.writes_completed,
-                });
-                self.manager.push_datasync(token, slot, 0);
-            }
+            return;
         }
+        let place = self.manager.push_datasync(token, slot, 0);
+        self.file_at(slot).shared_sync = Some(SharedSync { lead: token, place });
     }
 
     /// The fdatasync of `lead` in `slot` finished with `result`: its own datasync and every
-    /// one that joined it complete. Returns how many tokens that completes.
+    /// one that joined it complete, and those that waited for it go as the next one.
+    /// Returns how many tokens that completes.
     pub(super) fn finish_datasync(&mut self, lead: u64, slot: u32, result: i64) -> usize {
+        self.deliver(lead, result, false);
+        let joiners = self.sync_joiners.remove(&lead).unwrap_or_default();
+        self.datasyncs_joined += joiners.len() as u64;
+        for &token in &joiners {
+            self.deliver(token, result, false);
+        }
         let file = self.file_at(slot);
         if file.shared_sync.is_some_and(|s| s.lead == lead) {
             file.shared_sync = None;
-        }
-        self.deliver(lead, result, false);
-        let joiners = self.sync_joiners.remove(&lead).unwrap_or_default();
-        for &token in &joiners {
-            self.deliver(token, result, false);
+            let mut next = std::mem::take(&mut file.next_syncs).into_iter();
+            if let Some(first) = next.next() {
+                // All were submitted before this fdatasync is placed, so it covers them.
+                let place = self.manager.push_datasync(first, slot, 0);
+                self.file_at(slot).shared_sync = Some(SharedSync { lead: first, place });
+                let rest: Vec<u64> = next.collect();
+                if !rest.is_empty() {
+                    self.sync_joiners.insert(first, rest);
+                }
+            }
         }
         1 + joiners.len()
     }

@@ -134,7 +134,9 @@ impl UringBackend {
                 self.manager
                     .submit_owned(token, slot, data, STREAM_OFFSET, STREAM_WRITE_TAG);
             }
-            StreamOp::Datasync { token } => self.manager.push_datasync(token, slot, 0),
+            StreamOp::Datasync { token } => {
+                self.manager.push_datasync(token, slot, 0);
+            }
             StreamOp::Read { token, len } => {
                 self.manager
                     .submit_read(token, slot, len, STREAM_OFFSET, false);

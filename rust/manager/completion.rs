@@ -87,7 +87,9 @@ impl RingManager {
             advance(&mut books, op, token, index, user_data, result)
         };
         match outcome {
-            PartOutcome::Resubmit(entry) => self.push(entry),
+            PartOutcome::Resubmit(entry) => {
+                self.push(entry);
+            }
             PartOutcome::Waiting => {}
             PartOutcome::Finished(finished_result) => {
                 self.finish_operation(token, finished_result, out);

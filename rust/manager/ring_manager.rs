@@ -43,6 +43,10 @@ pub struct RingManager {
     pub(super) backlog: VecDeque<squeue::Entry>,
     /// SQEs pushed to the queue since the last flush.
     pub(super) queued: usize,
+    /// SQEs ever placed in the queue or the backlog: an SQE's count at its placing is its
+    /// place in the order the kernel takes them (the backlog goes to the queue in order,
+    /// and nothing goes to the queue while the backlog has entries).
+    pub(super) placed: u64,
     pub(super) cqe_scratch: Vec<(u64, i32)>,
     pub(super) metrics: Metrics,
     /// Bytes held in private copies (writes larger than the pool, long reads) in flight.
@@ -85,6 +89,7 @@ impl RingManager {
             next_token: 1,
             in_flight: TokenMap::default(),
             backlog: VecDeque::new(),
+            placed: 0,
             queued: 0,
             cqe_scratch: Vec::with_capacity(config.ring_entries as usize * 2),
             metrics: Metrics::default(),

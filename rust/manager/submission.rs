@@ -185,8 +185,9 @@ impl RingManager {
         token
     }
 
-    pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) {
-        self.push(datasync_entry(file_slot, token));
+    /// Queues the fdatasync `token`; returns its place (see `kernel_has_taken`).
+    pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) -> u64 {
+        let place = self.push(datasync_entry(file_slot, token));
         self.in_flight.insert(
             token,
             Operation {
@@ -198,6 +199,7 @@ impl RingManager {
         );
         self.metrics.submitted += 1;
         self.after_push();
+        place
     }
 
     /// Queues an fdatasync of `len` bytes at `offset` through `fd`, a descriptor of the file
@@ -225,7 +227,11 @@ impl RingManager {
         self.after_push();
     }
 
-    pub(super) fn push(&mut self, entry: squeue::Entry) {
+    /// Places `entry` in the queue (or the backlog behind it); returns its place in the
+    /// order the kernel takes entries (see `kernel_has_taken`).
+    pub(super) fn push(&mut self, entry: squeue::Entry) -> u64 {
+        let place = self.placed;
+        self.placed += 1;
         if self.backlog.is_empty() {
             let mut queue = self.ring.submission();
             // SAFETY: every buffer an SQE points at (a registered buffer or an owned copy)
@@ -234,10 +240,19 @@ impl RingManager {
             // backend sees no operation on it.
             if unsafe { queue.push(&entry) }.is_ok() {
                 self.queued += 1;
-                return;
+                return place;
             }
         }
         self.backlog.push_back(entry);
+        place
+    }
+
+    /// Whether the kernel has taken the entry placed at `place` from the submission queue
+    /// (and may have started it). An entry still in the queue or the backlog starts after
+    /// this call, whatever happens next.
+    pub fn kernel_has_taken(&mut self, place: u64) -> bool {
+        let waiting = self.ring.submission().len() + self.backlog.len();
+        self.placed - waiting as u64 > place
     }
 
     pub(super) fn after_push(&mut self) {
