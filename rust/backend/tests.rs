@@ -106,6 +106,17 @@ fn drain(b: &B) -> Vec<(u64, i64)> {
     out
 }
 
+/// Polls (never runs work in the caller, as an event loop does) until `n` completions.
+fn poll_until(b: &B, n: usize) -> Vec<(u64, i64)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut got = Vec::new();
+        b.run(|b| Ok(b.poll(&mut got, true)?)).unwrap();
+        out.extend(got.into_iter().map(|c| (c.token, c.result)));
+    }
+    out
+}
+
 /// Submits, waiting for buffers as the Python layer does.
 fn append(b: &B, h: Handle, data: &[u8]) -> u64 {
     loop {
@@ -403,17 +414,6 @@ fn handles_of_another_instance_are_refused() {
         Err(BackendError::BadFd(_))
     ));
     std::fs::remove_file(path).unwrap();
-}
-
-/// Polls (never runs work in the caller, as an event loop does) until `n` completions.
-fn poll_until(b: &B, n: usize) -> Vec<(u64, i64)> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let mut got = Vec::new();
-        b.run(|b| Ok(b.poll(&mut got, true)?)).unwrap();
-        out.extend(got.into_iter().map(|c| (c.token, c.result)));
-    }
-    out
 }
 
 #[test]
