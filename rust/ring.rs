@@ -17,9 +17,14 @@ pub struct BuiltRing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable(pub String);
 
+/// The ring's mappings (its queues and SQE array) are not inherited by a child process
+/// (MADV_DONTFORK): a mapping of the ring keeps the ring alive as its descriptor does, so a
+/// child that kept them would keep the parent's ring, and its SQPOLL thread, alive after the
+/// parent closed it. The descriptor a child inherits is closed by `crate::fork`.
 pub fn build_ring(config: &IoUringConfig) -> Result<BuiltRing, Unavailable> {
     if config.mode == RingMode::Sqpoll {
         let mut builder = IoUring::builder();
+        builder.dontfork();
         builder.setup_sqpoll(config.sqpoll_idle_ms);
         if let Some(cpu) = config.sqpoll_cpu {
             builder.setup_sqpoll_cpu(cpu);
@@ -54,6 +59,7 @@ pub fn build_ring(config: &IoUringConfig) -> Result<BuiltRing, Unavailable> {
 
 fn build_standard(config: &IoUringConfig) -> Result<IoUring, Unavailable> {
     IoUring::builder()
+        .dontfork()
         .build(config.ring_entries)
         .map_err(|err| {
             Unavailable(format!(

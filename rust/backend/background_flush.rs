@@ -52,6 +52,9 @@ impl UringBackend {
     /// stable pages.
     pub(super) fn start_flush_if_due(&mut self, slot: u32) {
         let threshold = self.background_flush_bytes;
+        if self.cancelled_everything {
+            return;
+        }
         let file = self.file_at(slot);
         if threshold == 0 || file.flush_in_flight || file.unflushed.bytes < threshold {
             return;

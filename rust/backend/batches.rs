@@ -52,7 +52,7 @@ impl UringBackend {
 
     /// One append of the concatenation of `parts`, under one token.
     pub fn submit_appendv(&mut self, handle: Handle, parts: &[&[u8]]) -> Result<u64, BackendError> {
-        let position = self.file_mut(handle)?.append_position;
+        let position = self.file_mut(handle)?.append_end.position();
         self.place(handle, parts, position, true)
     }
 
@@ -60,7 +60,7 @@ impl UringBackend {
         // The range is reserved at submission, in submission order, whatever order the
         // kernel finishes the writes in; a failed append leaves its range as a hole, as it
         // does on every backend.
-        let position = self.file_mut(handle)?.append_position;
+        let position = self.file_mut(handle)?.append_end.position();
         self.place(handle, &[data], position, true)
     }
 
@@ -144,7 +144,7 @@ impl UringBackend {
                 batch.members.push((token, len));
                 batch.len += len;
                 if append {
-                    file.append_position += len as u64;
+                    file.append_end.reserve(len as u64);
                 }
                 file.operations += 1;
                 self.outstanding += 1;
@@ -168,7 +168,7 @@ impl UringBackend {
         let buffer_size = self.buffer_size;
         let file = self.file_at(slot);
         if append {
-            file.append_position += len as u64;
+            file.append_end.reserve(len as u64);
         }
         let seq = file.next_write_seq;
         file.next_write_seq += 1;

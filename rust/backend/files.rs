@@ -1,10 +1,24 @@
 //! The file table: registering a descriptor (our own duplicate, in a fixed-file slot),
 //! the handles that name it and the slot's generation that makes a stale handle
 //! recognisable, and deregistering.
+//!
+//! Registering is two steps: `prepare_registration` makes our descriptors (a duplicate, or
+//! a reopening through /proc/self/fd, which can wait on NFS or FUSE) without the instance's
+//! lock, and `register_prepared` puts them in a slot under it. Deregistering hands the
+//! descriptors back (`Retired`) to be closed after the lock is released: a close can wait
+//! for the file system too.
+//!
+//! Two registrations of one file (the same descriptor registered twice, or two descriptors
+//! of one inode) share one append end (`AppendEnd`): an append through either goes after
+//! every earlier append through both. And they order their datasyncs and reads together
+//! (`siblings`): a datasync through one waits for the writes through the other too, as it
+//! would on the sync backend, where every write has returned before the next call.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::background_flush::Unflushed;
 use super::batches::Batch;
@@ -34,11 +48,55 @@ impl std::fmt::Display for Handle {
     }
 }
 
+/// Where the next append to a file goes: shared by every registration of the file on this
+/// instance, so that appends through two handles of one file land one after the other.
+/// Only read and moved under the instance's lock (the atomic is for `Send`, not for races).
+#[derive(Clone, Debug, Default)]
+pub(super) struct AppendEnd(Arc<AtomicU64>);
+
+impl AppendEnd {
+    pub(super) fn position(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Reserves `len` bytes at the end; returns where they start.
+    pub(super) fn reserve(&self, len: u64) -> u64 {
+        let start = self.position();
+        self.0.store(start + len, Ordering::Relaxed);
+        start
+    }
+
+    fn at_least(&self, size: u64) {
+        self.0.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+/// A descriptor made ready to register, without the instance's lock (the syscalls that may
+/// wait are done).
+pub struct PreparedFile {
+    descriptor: OwnedFd,
+    flush_descriptor: Option<OwnedFd>,
+    size: u64,
+    regular: bool,
+    stream: bool,
+    /// (device, inode) of a file with positions; `None` for a stream.
+    inode: Option<(u64, u64)>,
+}
+
+/// The descriptors of a deregistered file, to be dropped (closed) without the lock.
+pub struct Retired {
+    _descriptors: Vec<OwnedFd>,
+}
+
 pub(super) struct OpenFile {
     // Our duplicate: closing it is what deregistering means; the ring refers to it by slot,
     // and a datasync run in the caller's thread uses it directly.
     pub(super) descriptor: OwnedFd,
-    pub(super) append_position: u64,
+    pub(super) append_end: AppendEnd,
+    /// (device, inode) of a file with positions, to find other registrations of it.
+    pub(super) inode: Option<(u64, u64)>,
+    /// The other slots registered for the same inode.
+    pub(super) siblings: Vec<u32>,
     pub(super) next_write_seq: u64,
     /// Sequence numbers of this file's writes not yet completed (open batch included).
     pub(super) writes_in_flight: BTreeSet<u64>,
@@ -48,7 +106,7 @@ pub(super) struct OpenFile {
     pub(super) next_syncs: Vec<u64>,
     /// Datasyncs and reads waiting for earlier writes: (token, last write sequence they
     /// cover, what they are).
-    pub(super) held: VecDeque<(u64, u64, Held)>,
+    pub(super) held: VecDeque<HeldOperation>,
     /// A pipe, socket or other descriptor without a file position to write at: its
     /// operations go one at a time, in submission order (see `streams`).
     pub(super) stream: Option<crate::backend::streams::StreamQueue>,
@@ -74,53 +132,122 @@ pub(super) struct FileSlot {
     pub(super) file: Option<OpenFile>,
 }
 
+/// A datasync or read held back until the writes submitted before it are done.
+pub(super) struct HeldOperation {
+    pub(super) token: u64,
+    pub(super) what: Held,
+    /// The last write sequence of its own file it waits for.
+    pub(super) covers: u64,
+    /// The same, for each other registration of the file: (slot, last write sequence).
+    pub(super) covers_siblings: Vec<(u32, u64)>,
+}
+
+/// Makes the descriptors a registration of `fd` needs: a directory is refused; an O_APPEND
+/// descriptor is reopened without it (see `crate::descriptor`); with `flushes`, a regular
+/// file gets a descriptor of its own for background flushes. May wait on the file system:
+/// call it without the instance's lock.
+pub fn prepare_registration(fd: RawFd, flushes: bool) -> Result<PreparedFile, BackendError> {
+    if file_type(fd)? == libc::S_IFDIR {
+        return Err(BackendError::Invalid(format!(
+            "file descriptor {fd} is a directory: register a file, a pipe or a socket"
+        )));
+    }
+    let descriptor = descriptor_for_writes(fd)?;
+    let stat = fstat(&descriptor)?;
+    let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let stream = is_stream(&descriptor);
+    let flush_descriptor = if flushes && regular {
+        descriptor_for_flushes(descriptor.as_raw_fd())
+    } else {
+        None
+    };
+    Ok(PreparedFile {
+        descriptor,
+        flush_descriptor,
+        size: u64::try_from(stat.st_size).unwrap_or(0),
+        regular,
+        stream,
+        inode: (!stream).then_some((stat.st_dev, stat.st_ino)),
+    })
+}
+
 impl UringBackend {
+    /// Registers `fd` in one go: `prepare_registration` and `register_prepared` under the
+    /// caller's hold on the backend (for callers without a lock to spare it).
     pub fn register_fd(&mut self, fd: RawFd) -> Result<Handle, BackendError> {
-        if file_type(fd)? == libc::S_IFDIR {
-            return Err(BackendError::Invalid(format!(
-                "file descriptor {fd} is a directory: register a file, a pipe or a socket"
-            )));
-        }
-        let owned = descriptor_for_writes(fd)?;
-        let (size, regular) = size_and_regularity(&owned)?;
-        let stream = is_stream(&owned);
-        let flush_descriptor = if self.background_flush_bytes > 0 && regular {
-            descriptor_for_flushes(owned.as_raw_fd())
-        } else {
-            None
-        };
+        let prepared = prepare_registration(fd, self.flushes_in_background())?;
+        self.register_prepared(prepared)
+    }
+
+    /// Whether registrations need a descriptor for background flushes.
+    pub fn flushes_in_background(&self) -> bool {
+        self.background_flush_bytes > 0
+    }
+
+    /// Puts a prepared descriptor in a free slot. On error the descriptors are closed.
+    pub fn register_prepared(&mut self, prepared: PreparedFile) -> Result<Handle, BackendError> {
         let Some(slot) = self.free_slots.pop() else {
             return Err(BackendError::TooManyFiles(format!(
                 "all {} file slots are in use: deregister a file or raise IoUringConfig.max_files",
                 self.slots.len()
             )));
         };
-        if let Err(e) = self.manager.set_file(slot, owned.as_raw_fd()) {
+        if let Err(e) = self.manager.set_file(slot, prepared.descriptor.as_raw_fd()) {
             self.free_slots.push(slot);
             return Err(e.into());
         }
+        let siblings = self.slots_of_inode(prepared.inode);
+        let append_end = match siblings.first() {
+            Some(&other) => self.file_at(other).append_end.clone(),
+            None => AppendEnd::default(),
+        };
+        // Appends go after what the file holds now and after every append reserved through
+        // another registration of it, whichever is further.
+        append_end.at_least(prepared.size);
+        for &other in &siblings {
+            self.file_at(other).siblings.push(slot);
+        }
         let entry = &mut self.slots[slot as usize];
         entry.file = Some(OpenFile {
-            descriptor: owned,
-            append_position: size,
+            descriptor: prepared.descriptor,
+            append_end,
+            inode: prepared.inode,
+            siblings,
             next_write_seq: 0,
             writes_in_flight: BTreeSet::new(),
             shared_sync: None,
             next_syncs: Vec::new(),
             held: VecDeque::new(),
-            stream: stream.then(crate::backend::streams::StreamQueue::default),
+            stream: prepared
+                .stream
+                .then(crate::backend::streams::StreamQueue::default),
             operations: 0,
             open_batch: None,
             unflushed: Unflushed::default(),
             flush_in_flight: false,
-            flush_descriptor,
-            regular,
+            flush_descriptor: prepared.flush_descriptor,
+            regular: prepared.regular,
         });
         Ok(Handle {
             owner: self.owner,
             slot,
             generation: entry.generation,
         })
+    }
+
+    /// The slots registered for `inode`.
+    fn slots_of_inode(&self, inode: Option<(u64, u64)>) -> Vec<u32> {
+        let Some(inode) = inode else {
+            return Vec::new();
+        };
+        (0..self.slots.len() as u32)
+            .filter(|&slot| {
+                self.slots[slot as usize]
+                    .file
+                    .as_ref()
+                    .is_some_and(|f| f.inode == Some(inode))
+            })
+            .collect()
     }
 
     pub(super) fn file_mut(&mut self, handle: Handle) -> Result<&mut OpenFile, BackendError> {
@@ -149,15 +276,23 @@ impl UringBackend {
         Ok(file.operations == 0 && !file.flush_in_flight)
     }
 
-    /// Closes the backend's descriptor of an idle file (see `file_idle`).
-    pub fn finish_deregister(&mut self, handle: Handle) -> Result<(), BackendError> {
+    /// Frees the slot of an idle file (see `file_idle`); its descriptors come back to be
+    /// closed without the lock.
+    pub fn finish_deregister(&mut self, handle: Handle) -> Result<Retired, BackendError> {
         self.file_mut(handle)?;
         self.manager.set_file(handle.slot, -1)?;
         let slot = &mut self.slots[handle.slot as usize];
-        slot.file = None; // closes our duplicate
+        let file = slot.file.take().expect("checked above");
         slot.generation = slot.generation.wrapping_add(1);
         self.free_slots.push(handle.slot);
-        Ok(())
+        for &other in &file.siblings {
+            self.file_at(other).siblings.retain(|&s| s != handle.slot);
+        }
+        let mut descriptors = vec![file.descriptor];
+        descriptors.extend(file.flush_descriptor);
+        Ok(Retired {
+            _descriptors: descriptors,
+        })
     }
 
     /// Releases the files once `drained`. The ring and buffers go when the backend is
@@ -168,6 +303,17 @@ impl UringBackend {
                 let _ = self.manager.set_file(index as u32, -1);
             }
         }
+    }
+
+    /// Every descriptor the backend keeps open: the ring's, and each file's own and its
+    /// flush descriptor (for a child process to close, see `crate::fork`).
+    pub fn descriptors(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.manager.ring_descriptor()];
+        for file in self.slots.iter().filter_map(|s| s.file.as_ref()) {
+            fds.push(file.descriptor.as_raw_fd());
+            fds.extend(file.flush_descriptor.as_ref().map(AsRawFd::as_raw_fd));
+        }
+        fds
     }
 }
 
@@ -190,8 +336,7 @@ fn is_stream(fd: &OwnedFd) -> bool {
     at < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESPIPE)
 }
 
-/// The file's size, and whether it is a regular file.
-fn size_and_regularity(fd: &OwnedFd) -> io::Result<(u64, bool)> {
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
     let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes a whole `stat` on success, which is checked before reading it.
     let rc = unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) };
@@ -199,7 +344,5 @@ fn size_and_regularity(fd: &OwnedFd) -> io::Result<(u64, bool)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: fstat succeeded, so the struct is initialised.
-    let stat = unsafe { stat.assume_init() };
-    let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
-    Ok((u64::try_from(stat.st_size).unwrap_or(0), regular))
+    Ok(unsafe { stat.assume_init() })
 }

@@ -47,6 +47,8 @@ pub struct UringBackend {
     /// An eventfd is registered: an event loop learns of completions from the kernel's
     /// CQEs, so flush() leaves every write to the ring (`take_flush_work`).
     pub(super) eventfd_registered: bool,
+    /// Close cancelled everything (`cancel`): no background flush starts any more.
+    pub(super) cancelled_everything: bool,
 }
 
 /// What the caller's operations (tokens) did, however they travelled: through the ring
@@ -57,6 +59,7 @@ pub struct OperationCounts {
     pub completed: u64,
     pub failed: u64,
     pub bytes_written: u64,
+    pub bytes_read: u64,
 }
 
 impl UringBackend {
@@ -91,6 +94,7 @@ impl UringBackend {
             background_flush_bytes: config.background_flush_bytes as u64,
             flushes_in_flight: 0,
             eventfd_registered: false,
+            cancelled_everything: false,
         })
     }
 

@@ -15,6 +15,7 @@
 //! - `completions`: what the ring reaped, turned into the caller's completions;
 //! - `caller_work`: a batch or a datasync a waiting caller runs in its own thread;
 //! - `background_flush`: ranged fdatasyncs issued as writes complete;
+//! - `cancel`: what close no longer waits for, completed with -ECANCELED;
 //! - `errors`: what a call can fail with.
 //!
 //! The waiting itself (threads, the lock, sleeping in the kernel) is `crate::waiters`'s.
@@ -22,6 +23,7 @@
 mod background_flush;
 mod batches;
 mod caller_work;
+mod cancel;
 mod completions;
 mod errors;
 mod files;

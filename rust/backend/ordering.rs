@@ -14,7 +14,7 @@
 
 use super::background_flush::Unflushed;
 use super::errors::BackendError;
-use super::files::Handle;
+use super::files::{Handle, HeldOperation};
 use super::UringBackend;
 
 /// An operation held back until the writes before it to its file are done.
@@ -41,10 +41,20 @@ impl UringBackend {
     }
 
     /// A datasync or read of a file (not a stream): to the ring now when no earlier write
-    /// to the file is unfinished, else held until they are.
+    /// to the file (through this registration or another of the same file) is unfinished,
+    /// else held until they are.
     pub(super) fn submit_held(&mut self, slot: u32, what: Held) -> Result<u64, BackendError> {
+        let siblings = self.file_at(slot).siblings.clone();
+        let covers_siblings: Vec<(u32, u64)> = siblings
+            .iter()
+            .filter_map(|&other| {
+                let file = self.file_at(other);
+                let last = file.writes_in_flight.last().copied()?;
+                Some((other, last))
+            })
+            .collect();
         let file = self.file_at(slot);
-        let must_hold = !file.writes_in_flight.is_empty();
+        let must_hold = !file.writes_in_flight.is_empty() || !covers_siblings.is_empty();
         if must_hold && self.held_count >= MAX_HELD {
             return Err(BackendError::NoRoom);
         }
@@ -66,7 +76,12 @@ impl UringBackend {
             self.issue_held(token, slot, what);
             return Ok(token);
         }
-        self.file_at(slot).held.push_back((token, covers, what));
+        self.file_at(slot).held.push_back(HeldOperation {
+            token,
+            what,
+            covers,
+            covers_siblings,
+        });
         self.held_count += 1;
         Ok(token)
     }
@@ -88,21 +103,51 @@ impl UringBackend {
     }
 
     /// The write with sequence `seq` of the file in `slot` is done: release the operations
-    /// that were waiting for it and nothing else.
+    /// that were waiting for it, of this registration and of the others of the same file,
+    /// and nothing else.
     pub(super) fn write_finished(&mut self, slot: u32, seq: u64) {
-        let file = self.slots[slot as usize]
-            .file
-            .as_mut()
-            .expect("a file stays registered while it has operations in flight");
+        let file = self.file_at(slot);
         file.writes_in_flight.remove(&seq);
-        let oldest = file.writes_in_flight.first().copied();
-        while let Some(&(token, covers, what)) = file.held.front() {
-            if oldest.is_some_and(|seq| seq <= covers) {
-                break;
+        let siblings = file.siblings.clone();
+        self.release_held(slot);
+        for other in siblings {
+            self.release_held(other);
+        }
+    }
+
+    /// Moves the held operations of `slot` whose writes are all done to `released`, in
+    /// order: the first still waiting keeps the ones behind it waiting too.
+    fn release_held(&mut self, slot: u32) {
+        loop {
+            let slots = &self.slots;
+            let file = slots[slot as usize]
+                .file
+                .as_ref()
+                .expect("a file stays registered while it has work in the backend");
+            let Some(front) = file.held.front() else {
+                return;
+            };
+            let waits_here = file
+                .writes_in_flight
+                .first()
+                .is_some_and(|&oldest| oldest <= front.covers);
+            let waits_elsewhere = front.covers_siblings.iter().any(|&(other, last)| {
+                slots[other as usize]
+                    .file
+                    .as_ref()
+                    .and_then(|f| f.writes_in_flight.first())
+                    .is_some_and(|&oldest| oldest <= last)
+            });
+            if waits_here || waits_elsewhere {
+                return;
             }
-            file.held.pop_front();
+            let held = self
+                .file_at(slot)
+                .held
+                .pop_front()
+                .expect("looked at above");
             self.held_count -= 1;
-            self.released.push((token, slot, what));
+            self.released.push((held.token, slot, held.what));
         }
     }
 }

@@ -47,6 +47,9 @@ impl UringBackend {
 
     pub(super) fn deliver_read(&mut self, token: u64, result: i64, data: Option<Vec<u8>>) {
         self.count(result, false);
+        if result > 0 {
+            self.counts.bytes_read += result as u64;
+        }
         self.handback.deliver(Completion {
             token,
             result,

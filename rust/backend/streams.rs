@@ -38,28 +38,35 @@ pub enum StreamOp {
     Read { token: u64, len: usize },
 }
 
+/// The operations of one stream not completed yet: the one in the ring and those waiting
+/// behind it. The bound counts them all, the one in the ring included, as the sync backend
+/// counts the one its worker performs: the same calls are refused on both.
 #[derive(Default)]
 pub struct StreamQueue {
     waiting: VecDeque<StreamOp>,
+    /// Write bytes of the operations not completed, the one in the ring included.
     queued_bytes: usize,
+    /// Write bytes of the operation in the ring.
+    in_ring_bytes: usize,
     /// An operation of this stream is in the ring.
     busy: bool,
 }
 
 impl StreamQueue {
     /// Refuses an operation carrying `bytes` when the queue is at its bound; the text is
-    /// the QueueFullError message.
+    /// the QueueFullError message. One operation of any size is taken when none is
+    /// outstanding.
     pub fn check_room(&self, bytes: usize) -> Result<(), String> {
-        if self.waiting.is_empty()
-            || (self.waiting.len() < MAX_QUEUED_OPERATIONS
+        let outstanding = self.waiting.len() + usize::from(self.busy);
+        if outstanding == 0
+            || (outstanding < MAX_QUEUED_OPERATIONS
                 && self.queued_bytes + bytes <= MAX_QUEUED_BYTES)
         {
             return Ok(());
         }
         Err(format!(
-            "stream queue full: {} operations ({} bytes) waiting for this descriptor; wait \
-             for completions and retry",
-            self.waiting.len(),
+            "stream queue full: {outstanding} operations ({} bytes) waiting for this \
+             descriptor; wait for completions and retry",
             self.queued_bytes
         ))
     }
@@ -67,15 +74,24 @@ impl StreamQueue {
     /// Takes `op`: returns it back when it may go to the ring now (nothing of this stream
     /// is there), else keeps it until `next`.
     pub fn admit(&mut self, op: StreamOp) -> Option<StreamOp> {
+        let bytes = match &op {
+            StreamOp::Write { data, .. } => data.len(),
+            _ => 0,
+        };
+        self.queued_bytes += bytes;
         if !self.busy {
             self.busy = true;
+            self.in_ring_bytes = bytes;
             return Some(op);
-        }
-        if let StreamOp::Write { data, .. } = &op {
-            self.queued_bytes += data.len();
         }
         self.waiting.push_back(op);
         None
+    }
+
+    /// Empties the queue behind the operation in the ring (close cancels them).
+    pub fn take_waiting(&mut self) -> Vec<StreamOp> {
+        self.queued_bytes = self.in_ring_bytes;
+        self.waiting.drain(..).collect()
     }
 
     /// Operations waiting behind the one in the ring.
@@ -85,10 +101,12 @@ impl StreamQueue {
 
     /// The operation in the ring finished: the next one to send, if any.
     pub fn finished(&mut self) -> Option<StreamOp> {
+        self.queued_bytes -= self.in_ring_bytes;
         let op = self.waiting.pop_front();
-        if let Some(StreamOp::Write { data, .. }) = &op {
-            self.queued_bytes -= data.len();
-        }
+        self.in_ring_bytes = match &op {
+            Some(StreamOp::Write { data, .. }) => data.len(),
+            _ => 0,
+        };
         self.busy = op.is_some();
         op
     }
@@ -159,7 +177,8 @@ mod tests {
         let mut q = StreamQueue::default();
         let first = q.admit(StreamOp::Datasync { token: 1 });
         assert!(matches!(first, Some(StreamOp::Datasync { token: 1 })));
-        for t in 2..=(MAX_QUEUED_OPERATIONS as u64 + 1) {
+        // The one in the ring counts: 1023 more are taken, the 1025th is refused.
+        for t in 2..=(MAX_QUEUED_OPERATIONS as u64) {
             assert!(q.check_room(0).is_ok());
             assert!(q.admit(StreamOp::Datasync { token: t }).is_none());
         }
@@ -176,6 +195,18 @@ mod tests {
             empty.check_room(MAX_QUEUED_BYTES * 2).is_ok(),
             "one of any size"
         );
+        let big = vec![0u8; MAX_QUEUED_BYTES].into_boxed_slice();
+        assert!(empty
+            .admit(StreamOp::Write {
+                token: 1,
+                data: big
+            })
+            .is_some());
+        assert!(
+            empty.check_room(1).is_err(),
+            "the write in the ring counts against the bytes"
+        );
         assert!(empty.finished().is_none());
+        assert!(empty.check_room(MAX_QUEUED_BYTES * 2).is_ok());
     }
 }

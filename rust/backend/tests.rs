@@ -55,7 +55,13 @@ impl B {
         self.0.make_room(len, false)
     }
     fn close(&self) -> Result<(), WaitError> {
-        self.0.close()
+        let deadlines = crate::waiters::CloseDeadlines::starting_now(None);
+        loop {
+            match self.0.close(deadlines) {
+                Err(WaitError::Interrupted) => continue,
+                other => return other,
+            }
+        }
     }
     fn wait(
         &self,

@@ -2,13 +2,13 @@
 //! continued from where the kernel stopped, work the kernel cancelled is reissued, and an
 //! operation whose last part is done leaves the pending table as a `Finished`.
 
-use io_uring::squeue;
+use io_uring::{opcode, squeue};
 use std::time::Instant;
 
 use super::pending::{written_prefix, Kind, Operation, Source};
 use super::reads::ReadStep;
 use super::submission::{background_flush_entry, datasync_entry, part_entry};
-use super::tokens::{PART_BITS, PART_MASK, WAKE_TOKEN};
+use super::tokens::{CANCEL_USER_DATA, PART_BITS, PART_MASK, WAKE_TOKEN};
 use super::{Metrics, RingManager};
 use crate::buffers::BufferPool;
 
@@ -47,6 +47,11 @@ impl RingManager {
     /// Reaps every posted CQE without blocking. Parts cut short are resubmitted for their
     /// rest; an operation whose last part is done is appended to `out`.
     pub fn reap(&mut self, out: &mut Vec<Finished>) {
+        // Entries a failed io_uring_enter refused (`refuse`) first: their parts complete
+        // with its errno, as if the kernel had failed them.
+        for (user_data, result) in std::mem::take(&mut self.refused) {
+            self.complete_part(user_data, result, out, true);
+        }
         let mut scratch = std::mem::take(&mut self.cqe_scratch);
         loop {
             scratch.clear();
@@ -59,18 +64,25 @@ impl RingManager {
                 break;
             }
             for &(user_data, result) in &scratch {
-                self.complete_part(user_data, result, out);
+                self.complete_part(user_data, result, out, false);
             }
         }
         self.cqe_scratch = scratch;
     }
 
-    /// One CQE: the part it names is done, cut short, failed or cancelled.
-    pub(super) fn complete_part(&mut self, user_data: u64, result: i32, out: &mut Vec<Finished>) {
+    /// One CQE (or, `refused`, one SQE the kernel never took): the part it names is done,
+    /// cut short, failed or cancelled.
+    pub(super) fn complete_part(
+        &mut self,
+        user_data: u64,
+        result: i32,
+        out: &mut Vec<Finished>,
+        refused: bool,
+    ) {
         let token = user_data >> PART_BITS;
         let index = (user_data & PART_MASK) as usize;
         if token == WAKE_TOKEN {
-            return; // a wake-up of a sleeping waiter (`wake_sleeper`), nobody's operation
+            return; // a wake-up (`wake_sleeper`) or a cancellation (`cancel`): nobody's
         }
         let Some(op) = self.in_flight.get_mut(&token) else {
             debug_assert!(false, "CQE for unknown token {token}");
@@ -81,11 +93,16 @@ impl RingManager {
             metrics: &mut self.metrics,
             private_bytes: &mut self.private_bytes,
         };
-        let outcome = if result == -libc::ECANCELED {
+        let ours = op.cancel_requested || refused;
+        let mut outcome = if result == -libc::ECANCELED && !ours {
             reissue_cancelled(&mut books, op, token, index, user_data)
         } else {
             advance(&mut books, op, token, index, user_data, result)
         };
+        if ours && matches!(outcome, PartOutcome::Resubmit(_)) {
+            // Cut short after we asked for a cancellation: what is left of it is cancelled.
+            outcome = advance(&mut books, op, token, index, user_data, -libc::ECANCELED);
+        }
         match outcome {
             PartOutcome::Resubmit(entry) => {
                 self.push(entry);
@@ -95,6 +112,44 @@ impl RingManager {
                 self.finish_operation(token, finished_result, out);
             }
         }
+    }
+
+    /// Asks the kernel to cancel every operation in flight whose file slot `select` picks
+    /// (IORING_OP_ASYNC_CANCEL, one per SQE of it): each completes with -ECANCELED if the
+    /// kernel could stop it, or as it would have otherwise (a write the kernel is already
+    /// doing on a regular file, say). Nothing of a cancelled operation is issued again.
+    /// Returns how many operations were asked for.
+    pub fn cancel(&mut self, mut select: impl FnMut(u32) -> bool) -> usize {
+        let mut entries = Vec::new();
+        let mut asked = 0;
+        for (&token, op) in self.in_flight.iter_mut() {
+            if op.cancel_requested || !select(op.file_slot) {
+                continue;
+            }
+            op.cancel_requested = true;
+            asked += 1;
+            let parts = match &op.kind {
+                Kind::Write { parts, .. } => parts.len(),
+                Kind::Sync | Kind::Read(_) | Kind::BackgroundFlush { .. } => 1,
+            };
+            entries.extend((0..parts as u64).map(|index| {
+                opcode::AsyncCancel::new(token << PART_BITS | index)
+                    .build()
+                    .user_data(CANCEL_USER_DATA)
+            }));
+        }
+        // Each goes behind the SQEs of the operation it names (the queue and the backlog
+        // keep their order), so the kernel has taken those when it looks for them.
+        for entry in entries {
+            self.push(entry);
+        }
+        self.after_push();
+        asked
+    }
+
+    /// Whether every operation still in flight is one `cancel` asked for.
+    pub fn only_cancelled_in_flight(&self) -> bool {
+        self.in_flight.values().all(|op| op.cancel_requested)
     }
 
     /// The operation under `token` is done: out of the pending table, its read's bytes
@@ -170,8 +225,8 @@ struct Books<'a> {
     private_bytes: &'a mut usize,
 }
 
-/// We never cancel anything. The kernel cancels work that was punted to its io-wq workers
-/// when the thread that submitted it exits (the work belongs to the submitting task), which
+/// Work we did not ask to cancel (see `cancel`). The kernel cancels work that was punted to
+/// its io-wq workers when the thread that submitted it exits (the work belongs to the submitting task), which
 /// happens whenever a short-lived thread flushed the ring. A write at an explicit offset
 /// and a datasync are idempotent: issue the same SQE again from this (live) thread.
 fn reissue_cancelled(

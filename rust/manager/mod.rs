@@ -13,11 +13,12 @@
 //!   hasher of the pending table;
 //! - `pending`: the table of operations in flight: what each is and where its bytes live;
 //! - `submission`: building SQEs and queueing them (with a backlog when the queue is full),
-//!   and handing them to the kernel;
+//!   and handing them to the kernel, taking back what it refused for good;
+//! - `unconsumed`: the queue's entries the kernel has not taken, and taking them back;
 //! - `sleeping`: io_uring_enter for waiters, and what a waiter sleeping without the lock
 //!   needs (`SleepTicket`);
-//! - `completion`: reaping CQEs: short writes continued, cancelled work reissued, finished
-//!   operations handed to the backend;
+//! - `completion`: reaping CQEs: short writes continued, work the kernel cancelled reissued,
+//!   work we cancelled finished, finished operations handed to the backend;
 //! - `reads`: how a read travels through the ring;
 //! - `eventfd`: an eventfd the kernel signals for every completion (for event loops).
 
@@ -31,9 +32,10 @@ mod submission;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod unconsumed;
 
 pub use completion::{Done, Finished};
 pub use reads::STREAM_OFFSET;
 pub use ring_manager::{Metrics, RingManager};
-pub use sleeping::SleepTicket;
+pub use sleeping::{SleepTicket, RETRY_REFUSED};
 pub use tokens::{TokenHasher, TokenMap};

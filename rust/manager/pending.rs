@@ -47,6 +47,9 @@ pub(super) struct Operation {
     pub(super) tag: u64,
     pub(super) kind: Kind,
     pub(super) submitted_at: Instant,
+    /// We asked the kernel to cancel it (`RingManager::cancel`): -ECANCELED is its answer,
+    /// not the kernel's doing, and nothing of it is issued again.
+    pub(super) cancel_requested: bool,
 }
 
 impl RingManager {

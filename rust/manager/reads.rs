@@ -134,11 +134,13 @@ impl ReadOp {
         }
     }
 
-    /// The bytes read, and the registered buffer to give back, if one was used.
+    /// The bytes read; a registered buffer goes back to the pool. Called once the kernel
+    /// has posted the read's last completion.
     pub fn into_data(self, pool: &mut BufferPool) -> Vec<u8> {
         match self.target {
             ReadTarget::Registered(buffer) => {
-                let data = pool.buffer_mut(buffer)[..self.done].to_vec();
+                pool.returned_by_kernel(buffer);
+                let data = pool.filled(buffer, self.done).to_vec();
                 pool.release(buffer);
                 data
             }

@@ -9,6 +9,7 @@ use std::io;
 
 use super::pending::Operation;
 use super::tokens::TokenMap;
+use super::unconsumed::Unconsumed;
 use crate::buffers::BufferPool;
 use crate::config::{IoUringConfig, RingMode};
 use crate::ring::{
@@ -41,8 +42,14 @@ pub struct RingManager {
     pub(super) in_flight: TokenMap<Operation>,
     /// SQEs that did not fit the submission queue; pushed, in order, at the next flush.
     pub(super) backlog: VecDeque<squeue::Entry>,
-    /// SQEs pushed to the queue since the last flush.
-    pub(super) queued: usize,
+    /// The queue as the kernel sees it, to take back what a failed enter refused.
+    pub(super) unconsumed: Unconsumed,
+    /// SQEs taken back after a refused submission, with the negative errno their parts
+    /// complete with at the next reap: (user data, result).
+    pub(super) refused: Vec<(u64, i32)>,
+    /// Operations that could not be waited out were left to the kernel (`abandon`): their
+    /// memory and the pool stay mapped for the rest of the process.
+    pub(super) abandoned: bool,
     /// SQEs ever placed in the queue or the backlog: an SQE's count at its placing is its
     /// place in the order the kernel takes them (the backlog goes to the queue in order,
     /// and nothing goes to the queue while the backlog has entries).
@@ -80,6 +87,8 @@ impl RingManager {
             })?;
         let mut ring = built.ring;
         probe_enter(&mut ring)?;
+        let unconsumed = Unconsumed::new(&ring)
+            .map_err(|e| Unavailable(format!("mapping the submission queue failed: {e}")))?;
         Ok(Self {
             ring,
             pool,
@@ -89,8 +98,10 @@ impl RingManager {
             next_token: 1,
             in_flight: TokenMap::default(),
             backlog: VecDeque::new(),
+            unconsumed,
+            refused: Vec::new(),
+            abandoned: false,
             placed: 0,
-            queued: 0,
             cqe_scratch: Vec::with_capacity(config.ring_entries as usize * 2),
             metrics: Metrics::default(),
             private_bytes: 0,
@@ -103,6 +114,11 @@ impl RingManager {
 
     pub fn fallback_reason(&self) -> Option<&str> {
         self.fallback_reason.as_deref()
+    }
+
+    /// The ring's descriptor.
+    pub fn ring_descriptor(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.ring)
     }
 
     pub fn core_id(&self) -> usize {
@@ -172,12 +188,18 @@ fn probe_enter(ring: &mut IoUring) -> Result<(), Unavailable> {
     // SAFETY: a no-op reads no memory.
     unsafe { ring.submission().push(&nop) }
         .map_err(|_| Unavailable("a fresh ring has no room for one entry".to_string()))?;
-    ring.submit_and_wait(1).map_err(|e| {
-        Unavailable(format!(
-            "io_uring_enter failed: {}",
-            describe_setup_error(&e)
-        ))
-    })?;
+    // A refusal that may pass (EAGAIN, EBUSY, EINTR) is asked again, a few times.
+    let mut attempts = 0;
+    while let Err(e) = ring.submit_and_wait(1) {
+        attempts += 1;
+        if !super::submission::is_transient(&e) || attempts == 100 {
+            return Err(Unavailable(format!(
+                "io_uring_enter failed: {}",
+                describe_setup_error(&e)
+            )));
+        }
+        std::thread::sleep(super::sleeping::RETRY_REFUSED);
+    }
     let posted = ring.completion().next();
     match posted {
         Some(cqe) if cqe.result() >= 0 => Ok(()),
@@ -195,9 +217,9 @@ impl Drop for RingManager {
     fn drop(&mut self) {
         // The kernel may still read buffers of operations in flight; unmapping the pool under
         // them would let it write garbage to disk. Wait them out (the backend normally has
-        // done so already; this covers unwinding paths).
+        // done so already; this covers unwinding paths), unless they were abandoned.
         let mut sink = Vec::new();
-        while !self.in_flight.is_empty() {
+        while !self.abandoned && !self.in_flight.is_empty() {
             if self.flush().is_err() {
                 break;
             }
@@ -212,15 +234,10 @@ impl Drop for RingManager {
                 Ok(()) => {}
             }
         }
-        let abandoned = !self.in_flight.is_empty();
-        if abandoned {
-            // The kernel may still read (or, for a read, write) the memory of what is left:
-            // private copies and the pool. Leak them rather than free memory under it; the
-            // ring's teardown cancels the rest.
-            std::mem::forget(std::mem::take(&mut self.in_flight));
-            self.pool.leak();
+        if !self.in_flight.is_empty() {
+            self.abandon();
         }
-        if !abandoned {
+        if !self.abandoned {
             // Unregistering returns the pinned pages and their RLIMIT_MEMLOCK charge now;
             // left to the ring's teardown, the kernel returns them some time after the ring
             // is closed, and an instance opened right after this one (the usual 8 MiB limit
@@ -228,5 +245,17 @@ impl Drop for RingManager {
             let _ = self.ring.submitter().unregister_buffers();
             let _ = self.ring.submitter().unregister_files();
         }
+    }
+}
+
+impl RingManager {
+    /// Leaves what is still in flight to the kernel: the memory it may still read (or, for
+    /// a read, write) stays mapped for the rest of the process, the private copies and the
+    /// pool both, and the ring's teardown (when it is dropped) cancels the rest in the
+    /// kernel. For operations that even a cancellation did not bring back.
+    pub fn abandon(&mut self) {
+        std::mem::forget(std::mem::take(&mut self.in_flight));
+        self.pool.leak();
+        self.abandoned = true;
     }
 }

@@ -1,11 +1,17 @@
 //! Waiting for completions: io_uring_enter with a count and a timeout, and what a waiter
 //! needs to sleep in the kernel without holding the manager (`SleepTicket`; the sleeping
 //! itself is `waiters`'). A sleeper is woken by no-ops under the wake token.
+//!
+//! A waiter's io_uring_enter never submits: queued SQEs are handed over by `flush` under
+//! the manager first. That keeps every enter that can take entries under the manager, which
+//! is what lets a refused submission be taken back (`Unconsumed`), and a refused wait loses
+//! nothing.
 
 use io_uring::{opcode, types};
 use std::io;
 use std::time::Duration;
 
+use super::submission::is_transient;
 use super::tokens::{PART_BITS, WAKE_TOKEN};
 use super::RingManager;
 use crate::config::RingMode;
@@ -15,17 +21,21 @@ use crate::config::RingMode;
 pub struct SleepTicket {
     /// The ring's descriptor; the ring stays alive while anyone sleeps on it.
     pub fd: std::os::fd::RawFd,
-    pub to_submit: u32,
     /// Wake when this many CQEs are unreaped.
     pub want: u32,
     /// SQPOLL's kernel thread is asleep and must be woken to take the queued SQEs.
     pub wake_sqpoll: bool,
 }
 
+/// How long a waiter sleeps before handing the kernel again what it refused for now
+/// (EAGAIN, EBUSY): long enough not to spin, short enough not to be seen.
+pub const RETRY_REFUSED: Duration = Duration::from_millis(1);
+
 impl RingManager {
     /// One io_uring_enter: submits what is queued and, with `want > 0`, blocks until that
-    /// many CQEs are posted or `timeout` passes. A timeout is not an error.
-    pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+    /// many CQEs are posted or `timeout` passes (not an error). Returns what the kernel
+    /// says it took.
+    pub(super) fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<usize> {
         self.metrics.enter_calls += 1;
         let submitter = self.ring.submitter();
         let result = match timeout {
@@ -37,12 +47,8 @@ impl RingManager {
             _ => submitter.submit_and_wait(want),
         };
         match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
-            // The completion queue is full and the kernel wants it drained before it takes
-            // more; the caller reaps and comes back.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(0),
+            other => other,
         }
     }
 
@@ -52,25 +58,35 @@ impl RingManager {
         self.wait_for_cqes(1, timeout)
     }
 
-    /// As `wait_for_cqe`, for at least `want` CQEs (capped at what can still arrive).
+    /// As `wait_for_cqe`, for at least `want` CQEs (capped at what can still arrive). A
+    /// refused submission is handled as `flush` handles it; the error comes back only when
+    /// it refused nothing that is now reported through a completion.
     pub fn wait_for_cqes(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
         self.move_backlog();
-        self.metrics.sqes_submitted += std::mem::take(&mut self.queued) as u64;
         let posted = self.ring.completion().len();
         let want = want.min(self.sqes_in_flight()).max(1);
-        if posted >= want {
+        if posted >= want || !self.refused.is_empty() {
             return Ok(());
         }
-        self.enter(want - posted, timeout)
+        match self.enter(want - posted, timeout) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Err(e),
+            Err(e) if is_transient(&e) => Ok(()),
+            Err(e) => {
+                self.refuse(&e);
+                if self.refused.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Gets the ring ready for a waiter to sleep in io_uring_enter without holding the
-    /// manager (see `waiters`): queued SQEs are handed over by that same call, and `want`
-    /// is capped at what can still arrive and at what the completion queue holds.
+    /// manager (see `waiters`): `want` is capped at what can still arrive and at what the
+    /// completion queue holds. The caller has flushed; the waiter's enter submits nothing.
     pub fn prepare_sleep(&mut self, want: usize) -> SleepTicket {
-        self.move_backlog();
-        let to_submit = std::mem::take(&mut self.queued);
-        self.metrics.sqes_submitted += to_submit as u64;
         self.metrics.enter_calls += 1;
         let cq_room = (self.ring.params().cq_entries() as usize / 2).max(1);
         let want = want
@@ -80,10 +96,21 @@ impl RingManager {
         let wake_sqpoll = self.mode == RingMode::Sqpoll && self.ring.submission().need_wakeup();
         SleepTicket {
             fd: std::os::fd::AsRawFd::as_raw_fd(&self.ring),
-            to_submit: to_submit as u32,
             want: want as u32,
             wake_sqpoll,
         }
+    }
+
+    /// How long a waiter may sleep in the kernel now: not at all while refused operations
+    /// wait to be reaped, briefly while SQEs wait to be handed over again, else `wanted`.
+    pub fn sleep_allowed(&mut self, wanted: Option<Duration>) -> Option<Option<Duration>> {
+        if !self.refused.is_empty() {
+            return None;
+        }
+        if self.unsubmitted() > 0 {
+            return Some(Some(wanted.map_or(RETRY_REFUSED, |w| w.min(RETRY_REFUSED))));
+        }
+        Some(wanted)
     }
 
     /// Makes a waiter sleeping for `want` CQEs (from the same completion-queue head, which
@@ -98,13 +125,6 @@ impl RingManager {
         }
         self.after_push();
         self.flush().map(|_| ())
-    }
-
-    /// `n` SQEs handed to a sleeping waiter's io_uring_enter were not taken by the kernel:
-    /// they go with the next flush.
-    pub fn requeue(&mut self, n: u32) {
-        self.queued += n as usize;
-        self.metrics.sqes_submitted -= u64::from(n);
     }
 
     /// CQEs posted and not reaped yet.

@@ -77,24 +77,40 @@ impl RingManager {
         let buffer = (registered && len <= self.pool.buffer_size())
             .then(|| self.pool.acquire())
             .flatten();
-        let mut read = match buffer {
-            Some(buffer) => ReadOp::registered(buffer, offset, len),
+        let read = match buffer {
+            Some(buffer) => {
+                // From here until the read finishes the kernel writes into it: no
+                // `buffer_mut` can reach it (`BufferPool::lend_to_kernel`).
+                self.pool.lend_to_kernel(buffer);
+                ReadOp::registered(buffer, offset, len)
+            }
             None => ReadOp::private(offset, len),
+        };
+        self.admit(token, file_slot, 0, Kind::Read(read));
+        let op = self.in_flight.get_mut(&token).expect("admitted above");
+        let Kind::Read(read) = &mut op.kind else {
+            unreachable!("admitted as a read")
         };
         let entry = read.entry(&self.pool, file_slot, token << PART_BITS);
         self.private_bytes += read.private_bytes();
         self.push(entry);
-        self.in_flight.insert(
-            token,
-            Operation {
-                file_slot,
-                tag: 0,
-                kind: Kind::Read(read),
-                submitted_at: Instant::now(),
-            },
-        );
         self.metrics.submitted += 1;
         self.after_push();
+    }
+
+    /// Enters an operation in the pending table. Every SQE is pushed only after its
+    /// operation is there: the table is what keeps the memory an SQE points at alive and
+    /// unaliased until its CQE is reaped, and what a CQE (or a refused SQE) is looked up in.
+    pub(super) fn admit(&mut self, token: u64, file_slot: u32, tag: u64, kind: Kind) {
+        let op = Operation {
+            file_slot,
+            tag,
+            kind,
+            submitted_at: Instant::now(),
+            cancel_requested: false,
+        };
+        let previous = self.in_flight.insert(token, op);
+        assert!(previous.is_none(), "token {token} is already in flight");
     }
 
     /// Queues the SQEs of every part of a write and tracks it until its last part is done.
@@ -106,27 +122,31 @@ impl RingManager {
         total: usize,
         tag: u64,
     ) {
-        for (index, part) in parts.iter().enumerate() {
-            if let Source::Owned(bytes) = &part.source {
-                self.private_bytes += bytes.len();
+        for part in &parts {
+            match &part.source {
+                Source::Owned(bytes) => self.private_bytes += bytes.len(),
+                // The kernel reads it from the first SQE on: no more `buffer_mut`.
+                Source::Registered(buffer) => self.pool.lend_to_kernel(*buffer),
             }
-            let entry = self.part_entry(file_slot, token, index, part);
-            self.push(entry);
         }
-        let parts_left = parts.len();
+        let count = parts.len();
         let kind = Kind::Write {
             parts,
-            parts_left,
+            parts_left: count,
             first_error: None,
             total,
         };
-        let op = Operation {
-            file_slot,
-            tag,
-            kind,
-            submitted_at: Instant::now(),
-        };
-        self.in_flight.insert(token, op);
+        self.admit(token, file_slot, tag, kind);
+        for index in 0..count {
+            let entry = {
+                let op = &self.in_flight[&token];
+                let Kind::Write { parts, .. } = &op.kind else {
+                    unreachable!("admitted as a write")
+                };
+                part_entry(&self.pool, file_slot, token, index, &parts[index])
+            };
+            self.push(entry);
+        }
         self.metrics.submitted += 1;
         self.after_push();
     }
@@ -164,16 +184,6 @@ impl RingManager {
             done: 0,
         }
     }
-
-    pub(super) fn part_entry(
-        &self,
-        file_slot: u32,
-        token: u64,
-        index: usize,
-        part: &Part,
-    ) -> squeue::Entry {
-        part_entry(&self.pool, file_slot, token, index, part)
-    }
 }
 
 impl RingManager {
@@ -187,16 +197,8 @@ impl RingManager {
 
     /// Queues the fdatasync `token`; returns its place (see `kernel_has_taken`).
     pub fn push_datasync(&mut self, token: u64, file_slot: u32, tag: u64) -> u64 {
+        self.admit(token, file_slot, tag, Kind::Sync);
         let place = self.push(datasync_entry(file_slot, token));
-        self.in_flight.insert(
-            token,
-            Operation {
-                file_slot,
-                tag,
-                kind: Kind::Sync,
-                submitted_at: Instant::now(),
-            },
-        );
         self.metrics.submitted += 1;
         self.after_push();
         place
@@ -213,33 +215,32 @@ impl RingManager {
         len: u32,
     ) {
         let token = self.take_token();
-        self.push(background_flush_entry(fd, token, offset, len));
-        self.in_flight.insert(
+        self.admit(
             token,
-            Operation {
-                file_slot,
-                tag: 0,
-                kind: Kind::BackgroundFlush { fd, offset, len },
-                submitted_at: Instant::now(),
-            },
+            file_slot,
+            0,
+            Kind::BackgroundFlush { fd, offset, len },
         );
+        self.push(background_flush_entry(fd, token, offset, len));
         self.metrics.background_flushes += 1;
         self.after_push();
     }
 
     /// Places `entry` in the queue (or the backlog behind it); returns its place in the
-    /// order the kernel takes entries (see `kernel_has_taken`).
+    /// order the kernel takes entries (see `kernel_has_taken`). The entry's operation is in
+    /// the pending table already (`admit`), or it is a no-op or a cancellation of ours.
     pub(super) fn push(&mut self, entry: squeue::Entry) -> u64 {
         let place = self.placed;
         self.placed += 1;
         if self.backlog.is_empty() {
             let mut queue = self.ring.submission();
             // SAFETY: every buffer an SQE points at (a registered buffer or an owned copy)
-            // belongs to an operation in `in_flight`, which keeps it alive and unaliased until
-            // the CQE of that part is reaped; the fixed file slot stays registered until the
-            // backend sees no operation on it.
+            // belongs to an operation in `in_flight` (`admit` ran first), which keeps it
+            // alive and unaliased until the CQE of that part is reaped or the entry is taken
+            // back (`Unconsumed`); the fixed file slot stays registered until the backend
+            // sees no operation on it.
             if unsafe { queue.push(&entry) }.is_ok() {
-                self.queued += 1;
+                self.metrics.sqes_submitted += 1;
                 return place;
             }
         }
@@ -258,35 +259,85 @@ impl RingManager {
     pub(super) fn after_push(&mut self) {
         // With SQPOLL the kernel thread takes entries as they land; only a sleeping thread
         // needs a wake-up call, which `submit` makes only when IORING_SQ_NEED_WAKEUP is set.
+        // A wake-up that fails is made again by the next call that finds the thread asleep.
         // In standard mode entries wait for the next flush, so a batch costs one syscall.
         if self.mode == RingMode::Sqpoll && self.backlog.is_empty() {
             let _ = self.ring.submit();
         }
     }
 
-    /// Hands every queued SQE (backlog included) to the kernel; returns how many.
+    /// Hands every queued SQE (backlog included) to the kernel. Returns how many SQEs the
+    /// queue held when the kernel was last asked to take them.
+    ///
+    /// A refused submission strands nothing. EINTR is retried at once. EAGAIN and EBUSY
+    /// leave the entries in the queue, where the next enter that submits (the next flush,
+    /// poll or wait) carries them; `unsubmitted` tells a waiter not to sleep on them. Any
+    /// other error takes them back and completes their operations with it (`refuse`), and is
+    /// not raised: it is in those completions.
     pub fn flush(&mut self) -> io::Result<usize> {
         let mut handed = 0;
         loop {
             self.move_backlog();
-            let queued = std::mem::take(&mut self.queued);
+            let waiting = self.ring.submission().len();
             // Nothing to hand over: skip the syscall, unless completions wait in the kernel's
             // overflow list, which only an enter moves back into the ring.
-            if queued == 0 && !self.ring.submission().cq_overflow() {
+            if waiting == 0 && !self.ring.submission().cq_overflow() {
                 return Ok(handed);
             }
-            handed += queued;
-            self.metrics.sqes_submitted += queued as u64;
-            self.enter(0, None)?;
+            handed += waiting;
+            match self.enter(0, None) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if is_transient(&e) => return Ok(handed),
+                Err(e) => {
+                    self.refuse(&e);
+                    return Ok(handed);
+                }
+            }
             if self.backlog.is_empty() {
                 return Ok(handed);
             }
             if self.mode == RingMode::Sqpoll {
                 // The kernel thread has not consumed the queue yet; sleep until it has room.
                 self.metrics.enter_calls += 1;
-                self.ring.submitter().squeue_wait()?;
+                match self.ring.submitter().squeue_wait() {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(_) => return Ok(handed),
+                }
+            } else if self.ring.submission().len() == waiting {
+                // The kernel took none of them: try again at the next call, not in a loop.
+                return Ok(handed);
             }
         }
+    }
+
+    /// SQEs queued that no io_uring_enter has handed to the kernel yet: in the backlog, and
+    /// in STANDARD mode in the queue (under SQPOLL the kernel's thread takes those itself).
+    /// A waiter must not sleep for completions while there are any: they have not started.
+    pub fn unsubmitted(&mut self) -> usize {
+        let queued = match self.mode {
+            RingMode::Standard => self.ring.submission().len(),
+            RingMode::Sqpoll => 0,
+        };
+        self.backlog.len() + queued
+    }
+
+    /// io_uring_enter failed with `error`, which will not go away by asking again: the
+    /// entries it did not take will not be taken. In STANDARD mode they are taken back
+    /// from the queue and their operations complete with the error at the next reap (the
+    /// backlog, which no enter was given, goes with the next flush). Under SQPOLL an enter
+    /// only wakes the kernel's thread or waits, so nothing is taken back: the thread takes
+    /// the entries when it is woken again.
+    pub(super) fn refuse(&mut self, error: &io::Error) {
+        if self.mode == RingMode::Sqpoll {
+            return;
+        }
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        let taken_back = self.unconsumed.take_back();
+        self.metrics.sqes_submitted -= taken_back.len() as u64;
+        self.refused
+            .extend(taken_back.into_iter().map(|user_data| (user_data, -errno)));
     }
 
     pub(super) fn move_backlog(&mut self) {
@@ -299,9 +350,19 @@ impl RingManager {
             }
             drop(queue);
             self.backlog.pop_front();
-            self.queued += 1;
+            self.metrics.sqes_submitted += 1;
         }
     }
+}
+
+/// An io_uring_enter error after which the same call may succeed: the kernel was short of
+/// memory for requests (EAGAIN), wants its completion queue drained first (EBUSY), or a
+/// signal came (EINTR). The entries it did not take are sent again.
+pub(super) fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::EINTR)
+    )
 }
 
 pub(super) fn datasync_entry(file_slot: u32, token: u64) -> squeue::Entry {

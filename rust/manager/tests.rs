@@ -203,3 +203,63 @@ fn part_index_and_token_share_user_data_without_overlap() {
     assert_eq!(user_data >> PART_BITS, token);
     assert_eq!(user_data & ((1 << PART_BITS) - 1), 0xffff);
 }
+
+#[test]
+fn entries_a_failed_enter_refused_are_taken_back_and_fail_with_its_errno() {
+    let mut m = manager();
+    let (path, _file) = file_in_slot_0(&m, "refused", false);
+    let first = m.submit_write(0, b"first", 0, 1);
+    let done = run_to_completion(&mut m);
+    assert_eq!(done[0].token, first);
+    // Queued (STANDARD: nothing reaches the kernel before an enter), then refused for good.
+    let write = m.submit_write(0, b"never", 100, 2);
+    let sync = m.submit_datasync(0, 0);
+    assert_eq!(m.unsubmitted(), 2);
+    m.refuse(&std::io::Error::from_raw_os_error(libc::EIO));
+    assert_eq!(m.unsubmitted(), 0, "the queue is empty again");
+    let mut out = Vec::new();
+    m.reap(&mut out);
+    let mut results: Vec<(u64, i64)> = out.iter().map(|f| (f.token, f.result)).collect();
+    results.sort_unstable();
+    assert_eq!(results, vec![(write, -i64::from(libc::EIO)), (sync, -5)]);
+    assert_eq!(m.in_flight(), 0);
+    assert_eq!(
+        m.free_buffers(),
+        4,
+        "the refused write's buffer is back in the pool"
+    );
+    // The taken-back entries never reach the kernel: the next enter carries only new ones.
+    let later = m.submit_write(0, b"later", 5, 3);
+    let done = run_to_completion(&mut m);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].token, later);
+    assert_eq!(std::fs::read(&path).unwrap(), b"firstlater");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_cancelled_stuck_pipe_write_completes_with_ecanceled_and_is_not_reissued() {
+    let mut m = manager();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors on success, checked here.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    m.set_file(0, fds[1]).unwrap();
+    // More than the pipe holds, with nobody reading: it can only wait.
+    let data = vec![7u8; 1 << 20].into_boxed_slice();
+    m.submit_owned(11, 0, data, super::STREAM_OFFSET, 0);
+    m.flush().unwrap();
+    let mut out = Vec::new();
+    m.wait_for_cqe(Some(Duration::from_millis(200))).unwrap();
+    m.reap(&mut out);
+    assert!(out.is_empty(), "the write cannot finish: {out:?}");
+    assert_eq!(m.cancel(|slot| slot == 0), 1);
+    assert!(m.only_cancelled_in_flight());
+    let done = run_to_completion(&mut m);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].result, -i64::from(libc::ECANCELED));
+    assert_eq!(m.metrics().cancelled_reissued, 0);
+    for fd in fds {
+        // SAFETY: closing the pipe's descriptors made above.
+        unsafe { libc::close(fd) };
+    }
+}

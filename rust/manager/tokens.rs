@@ -12,8 +12,12 @@ pub(super) const PART_BITS: u32 = 16;
 
 pub(super) const PART_MASK: u64 = (1 << PART_BITS) - 1;
 
-/// The token of the no-ops that wake a sleeping waiter; operations' tokens start at 1.
+/// The token of the no-ops that wake a sleeping waiter, and of the cancellations of
+/// `RingManager::cancel`: nobody's operation (operations' tokens start at 1).
 pub(super) const WAKE_TOKEN: u64 = 0;
+
+/// The user data of a cancellation SQE: under the wake token, so its CQE is nobody's.
+pub(super) const CANCEL_USER_DATA: u64 = WAKE_TOKEN << PART_BITS | 1;
 
 /// Tokens are handed out in sequence, so a multiplicative hash spreads them well and costs
 /// one multiply instead of SipHash on the hot path.

@@ -1,14 +1,11 @@
 //! The calls that wait, each a condition over the backend that `Shared::block_on` waits
 //! for: wait, wait_for (claim, wait_claimed, withdraw), room for a submission, a file's
-//! deregistration, and close.
+//! deregistration. Closing is `closing`'s.
 
-use std::sync::atomic::Ordering;
-use std::sync::MutexGuard;
 use std::time::Instant;
 
 use super::errors::WaitError;
-use super::kernel_sleep::enter_and_wait;
-use super::shared::{Progress, Shared, State};
+use super::shared::{Progress, Shared};
 use crate::backend::{Completion, Handle};
 
 impl Shared {
@@ -99,7 +96,8 @@ impl Shared {
     }
 
     /// Gives up a claim: what of it completed is handed to the next wait/poll instead.
-    /// Returns how many of `tokens` had completed.
+    /// Returns how many of `tokens` had completed. Takes the lock, which is only ever held
+    /// for bookkeeping, but may be busy: call it without the GIL.
     pub fn withdraw(&self, tokens: &[u64]) -> usize {
         let mut state = self.lock();
         let Some(backend) = state.backend.as_mut() else {
@@ -129,92 +127,18 @@ impl Shared {
     /// Blocks until nothing is outstanding on `handle`'s file, then closes the backend's
     /// descriptor.
     pub fn deregister_fd(&self, handle: Handle) -> Result<(), WaitError> {
-        self.block_on(None, false, |backend, _| {
+        let retired = self.block_on(None, false, |backend, _| {
             if backend.file_idle(handle)? {
-                backend.finish_deregister(handle)?;
-                return Ok(Progress::Done(()));
+                return Ok(Progress::Done(backend.finish_deregister(handle)?));
             }
             Ok(Progress::Waiting {
                 want: 1,
                 write_open: false,
             })
-        })
-    }
-
-    /// Closes: from now on every call gets `Closed`; waits until no thread uses the ring,
-    /// then for everything in flight, then frees the ring, buffers and files. Closing a
-    /// closed instance does nothing. `Interrupted`: call again to go on waiting.
-    pub fn close(&self) -> Result<(), WaitError> {
-        let mut state = self.lock();
-        self.closed.store(true, Ordering::Release);
-        state.closing = true;
-        while state.closer {
-            // Another thread is closing: done when it is.
-            state = self.park(state, None).0;
-        }
-        if state.backend.is_none() {
-            return Ok(());
-        }
-        if let Some(want) = state.sleeper {
-            let backend = state.backend.as_mut().expect("checked above");
-            let _ = backend.manager_mut().wake_sleeper(want);
-        }
-        self.notify(&state);
-        while state.sleeper.is_some() || state.working > 0 || state.pump {
-            state = self.park(state, None).0;
-        }
-        state.closer = true;
-        let (mut state, result) = self.drain(state);
-        state.closer = false;
-        let backend = match result {
-            Ok(()) => state.backend.take(),
-            Err(_) => None,
-        };
-        self.notify(&state);
-        drop(state);
-        // The ring and the pool go here, without the lock.
-        drop(backend);
-        result
-    }
-
-    /// Waits for everything in flight; the caller is `close`, alone with the ring (every
-    /// other call returns `Closed` now). The lock is released while it sleeps.
-    pub(super) fn drain<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-    ) -> (MutexGuard<'a, State>, Result<(), WaitError>) {
-        loop {
-            let backend = state.backend.as_mut().expect("checked by close");
-            let step = (|| -> Result<bool, WaitError> {
-                backend.flush()?;
-                backend.collect();
-                backend.send_released();
-                backend.flush()?;
-                Ok(backend.drained())
-            })();
-            match step {
-                Ok(true) => {
-                    backend.release_files();
-                    return (state, Ok(()));
-                }
-                Ok(false) => {}
-                Err(e) => return (state, Err(e)),
-            }
-            let ticket = backend.manager_mut().prepare_sleep(1);
-            state.sleeper = Some(ticket.want as usize);
-            drop(state);
-            let (unsubmitted, result) = enter_and_wait(ticket, None);
-            state = self.lock();
-            state.sleeper = None;
-            let backend = state.backend.as_mut().expect("only close takes it");
-            backend.manager_mut().requeue(unsubmitted);
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    return (state, Err(WaitError::Interrupted))
-                }
-                Err(e) => return (state, Err(e.into())),
-            }
-        }
+        })?;
+        // Its descriptors close here, without the lock: closing one can wait for the
+        // file system (NFS writes back on close).
+        drop(retired);
+        Ok(())
     }
 }

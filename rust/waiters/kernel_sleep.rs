@@ -27,14 +27,15 @@ struct GeteventsArg {
     ts: u64,
 }
 
-/// One io_uring_enter on `ticket`'s ring: submits its SQEs and sleeps until `want` CQEs are
-/// unreaped, `timeout` passes (not an error) or a signal arrives (`Interrupted`). Called
-/// without the instance's lock: it touches no user-space ring memory. Returns how many of
-/// the SQEs it was given the kernel did not take, to be submitted again.
+/// One io_uring_enter on `ticket`'s ring: sleeps until `want` CQEs are unreaped, `timeout`
+/// passes (not an error) or a signal arrives (`Interrupted`). Called without the instance's
+/// lock: it touches no user-space ring memory, and submits nothing (see
+/// `manager::sleeping`), so a refusal loses no SQE: EAGAIN and EBUSY come back as a
+/// wake-up, anything else as the error.
 pub(super) fn enter_and_wait(
     ticket: SleepTicket,
     timeout: Option<Duration>,
-) -> (u32, std::io::Result<()>) {
+) -> std::io::Result<()> {
     let mut flags = IORING_ENTER_GETEVENTS;
     if ticket.wake_sqpoll {
         flags |= IORING_ENTER_SQ_WAKEUP;
@@ -66,7 +67,7 @@ pub(super) fn enter_and_wait(
         libc::syscall(
             libc::SYS_io_uring_enter,
             ticket.fd,
-            ticket.to_submit,
+            0,
             ticket.want,
             flags,
             argp,
@@ -74,15 +75,11 @@ pub(super) fn enter_and_wait(
         )
     };
     if rc >= 0 {
-        let taken = (rc as u64).min(u64::from(ticket.to_submit)) as u32;
-        return (ticket.to_submit - taken, Ok(()));
+        return Ok(());
     }
     let err = std::io::Error::last_os_error();
-    // A negative result means the SQEs were not all taken: the kernel returns how many it
-    // took when it took any, whatever the wait then did.
-    let unsubmitted = ticket.to_submit;
     match err.raw_os_error() {
-        Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN) => (unsubmitted, Ok(())),
-        _ => (unsubmitted, Err(err)),
+        Some(libc::ETIME) | Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
+        _ => Err(err),
     }
 }

@@ -24,8 +24,8 @@
 //! lock released: the work is marked taken, done, and accounted for under the lock again.
 //! `close()` marks the instance closed (every other call, and every waiter, then gets
 //! `Closed`), wakes the sleeper, waits until no thread is in the kernel or doing such work,
-//! and only then waits for what is in flight and frees the ring: nothing is freed under a
-//! thread that still uses it.
+//! and only then waits for what is in flight (cancelling what cannot finish, see `closing`)
+//! and frees the ring: nothing is freed under a thread that still uses it.
 //!
 //! Signals: a sleeper interrupted by one (EINTR), and a condvar waiter every `SLICE`, return
 //! `Interrupted`, so that the caller can run its signal handlers (Python's
@@ -39,15 +39,17 @@
 //!
 //! One concern per file: `shared` (the lock, the roles of sleeper and condvar waiter, and
 //! the loop every waiting call runs), `calls` (the waiting calls themselves: wait,
-//! wait_for, make_room, deregister, close), `kernel_sleep` (io_uring_enter without the
-//! lock), `errors`.
+//! wait_for, make_room, deregister), `closing` (close, with its deadlines and
+//! cancellations), `kernel_sleep` (io_uring_enter without the lock), `errors`.
 
 mod calls;
+mod closing;
 mod errors;
 mod kernel_sleep;
 mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use closing::{CloseDeadlines, CANCEL_GRACE, STREAM_GRACE};
 pub use errors::WaitError;
 pub use shared::{Access, Progress, Shared};

@@ -28,6 +28,8 @@ pub(super) struct State {
     pub(super) closer: bool,
     /// The stream pump thread runs.
     pub(super) pump: bool,
+    /// What a close has cancelled so far (`closing`).
+    pub(super) cancellations: super::closing::Cancellations,
 }
 
 /// What a waiting call's condition says.
@@ -109,6 +111,7 @@ impl Shared {
                 closing: false,
                 closer: false,
                 pump: false,
+                cancellations: Default::default(),
             }),
             wake: Condvar::new(),
             closed: AtomicBool::new(false),
@@ -327,14 +330,16 @@ impl Shared {
     ) -> Result<MutexGuard<'a, State>, WaitError> {
         let want = if state.condvar_waiters > 0 { 1 } else { want };
         let backend = state.backend.as_mut().expect("checked by the caller");
+        let Some(timeout) = backend.manager_mut().sleep_allowed(remaining) else {
+            return Ok(state); // refused operations to reap first: no sleep
+        };
         let ticket = backend.manager_mut().prepare_sleep(want);
         state.sleeper = Some(ticket.want as usize);
         drop(state);
-        let (unsubmitted, result) = enter_and_wait(ticket, remaining);
+        let result = enter_and_wait(ticket, timeout);
         let mut state = self.lock();
         state.sleeper = None;
         let backend = state.backend.as_mut().expect("close waits for the sleeper");
-        backend.manager_mut().requeue(unsubmitted);
         backend.collect();
         self.notify(&state);
         match result {

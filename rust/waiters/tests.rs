@@ -76,11 +76,56 @@ fn a_probe_times_out_without_losing_its_tokens_and_close_refuses_later_calls() {
     };
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data.as_deref(), Some(&b"abc"[..]));
-    s.close().unwrap();
+    close(&s);
     assert!(s.is_closed());
     assert!(matches!(
         s.access().run(|b| b.submit_append(w, b"x")),
         Err(WaitError::Closed)
     ));
-    s.close().unwrap(); // twice is harmless
+    close(&s); // twice is harmless
+}
+
+fn close(s: &Shared) {
+    let deadlines = super::CloseDeadlines::starting_now(None);
+    loop {
+        match s.close(deadlines) {
+            Err(WaitError::Interrupted) => continue,
+            other => return other.unwrap(),
+        }
+    }
+}
+
+#[test]
+fn close_cancels_a_write_to_a_pipe_nobody_reads_at_its_deadline() {
+    let s = shared();
+    let (reader, writer) = pipe();
+    let w = s
+        .access()
+        .run(|b| b.register_fd(writer.as_raw_fd()))
+        .unwrap();
+    let stuck = vec![1u8; 1 << 20];
+    s.access().run(|b| b.submit_append(w, &stuck)).unwrap();
+    s.access()
+        .run(|b| b.submit_append(w, b"queued behind"))
+        .unwrap();
+    let deadlines = CloseDeadlines::starting_now(Some(Instant::now() + Duration::from_millis(50)));
+    loop {
+        match s.close(deadlines) {
+            Err(WaitError::Interrupted) => continue,
+            other => break other.unwrap(),
+        }
+    }
+    assert!(s.is_closed());
+    drop(writer);
+    // What reached the pipe is a prefix of the stuck write and nothing after it: the rest
+    // was cancelled, and the write queued behind it never went.
+    let mut got = Vec::new();
+    use std::io::Read;
+    (&reader).read_to_end(&mut got).unwrap();
+    assert!(
+        got.len() < stuck.len(),
+        "all {} bytes went through",
+        got.len()
+    );
+    assert!(got.iter().all(|&b| b == 1));
 }
