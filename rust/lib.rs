@@ -17,6 +17,8 @@ pub mod backend;
 #[cfg(target_os = "linux")]
 pub mod buffers;
 #[cfg(target_os = "linux")]
+pub mod fork;
+#[cfg(target_os = "linux")]
 pub mod handback;
 #[cfg(target_os = "linux")]
 pub mod manager;

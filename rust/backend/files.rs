@@ -207,6 +207,10 @@ impl UringBackend {
         for &other in &siblings {
             self.file_at(other).siblings.push(slot);
         }
+        crate::fork::track(self.owner, prepared.descriptor.as_raw_fd());
+        if let Some(fd) = &prepared.flush_descriptor {
+            crate::fork::track(self.owner, fd.as_raw_fd());
+        }
         let entry = &mut self.slots[slot as usize];
         entry.file = Some(OpenFile {
             descriptor: prepared.descriptor,
@@ -290,6 +294,9 @@ impl UringBackend {
         }
         let mut descriptors = vec![file.descriptor];
         descriptors.extend(file.flush_descriptor);
+        for fd in &descriptors {
+            crate::fork::untrack(self.owner, fd.as_raw_fd());
+        }
         Ok(Retired {
             _descriptors: descriptors,
         })
@@ -299,21 +306,14 @@ impl UringBackend {
     /// dropped.
     pub fn release_files(&mut self) {
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            if slot.file.take().is_some() {
+            if let Some(file) = slot.file.take() {
                 let _ = self.manager.set_file(index as u32, -1);
+                crate::fork::untrack(self.owner, file.descriptor.as_raw_fd());
+                if let Some(fd) = &file.flush_descriptor {
+                    crate::fork::untrack(self.owner, fd.as_raw_fd());
+                }
             }
         }
-    }
-
-    /// Every descriptor the backend keeps open: the ring's, and each file's own and its
-    /// flush descriptor (for a child process to close, see `crate::fork`).
-    pub fn descriptors(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.manager.ring_descriptor()];
-        for file in self.slots.iter().filter_map(|s| s.file.as_ref()) {
-            fds.push(file.descriptor.as_raw_fd());
-            fds.extend(file.flush_descriptor.as_ref().map(AsRawFd::as_raw_fd));
-        }
-        fds
     }
 }
 

@@ -51,6 +51,13 @@ pub struct UringBackend {
     pub(super) cancelled_everything: bool,
 }
 
+impl Drop for UringBackend {
+    fn drop(&mut self) {
+        // Its descriptors (the ring's, the files') close as its fields drop, after this.
+        crate::fork::untrack_instance(self.owner);
+    }
+}
+
 /// What the caller's operations (tokens) did, however they travelled: through the ring
 /// (one SQE for a whole batch of writes), or in the caller's thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,6 +73,7 @@ impl UringBackend {
     /// `config` must already be validated.
     pub fn new(core_id: usize, config: &IoUringConfig, owner: u64) -> Result<Self, Unavailable> {
         let manager = RingManager::new(core_id, config)?;
+        crate::fork::track(owner, manager.ring_descriptor());
         Ok(Self {
             manager,
             owner,

@@ -40,6 +40,6 @@ pub use crate::handback::{ClaimError, Completion};
 pub use batches::Batch;
 pub use caller_work::{CallerWork, WorkOutcome, IN_CALLER_MIN_BUDGET};
 pub use errors::BackendError;
-pub use files::Handle;
+pub use files::{prepare_registration, Handle, PreparedFile, Retired};
 pub use instance::{OperationCounts, UringBackend};
 pub use ordering::Held;

@@ -210,12 +210,13 @@ impl Drop for PyUringStorageIo {
             std::mem::forget(self.shared.clone());
             return;
         }
-        // Dropped without close(): wait for the I/O in flight (nothing is lost), but
-        // without the GIL, so that a Python thread that has to act for it to finish
-        // (drain a pipe, say) can.
+        // Dropped without close(): close as close() does (regular-file work waited for,
+        // pipes and sockets given their grace, then cancelled), but without the GIL, so
+        // that a Python thread that has to act for it to finish (drain a pipe, say) can.
         let shared = &self.shared;
+        let deadlines = crate::waiters::CloseDeadlines::starting_now(None);
         Python::attach(|py| {
-            py.detach(|| while let Err(WaitError::Interrupted) = shared.close() {})
+            py.detach(|| while let Err(WaitError::Interrupted) = shared.close(deadlines) {})
         });
     }
 }

@@ -16,7 +16,7 @@ use super::module::new_instance_id;
 use super::values::{PyIoFd, PyIoUringConfig, PyRingMode};
 use crate::backend::UringBackend;
 use crate::config::RingMode;
-use crate::waiters::{Shared, WaitError};
+use crate::waiters::{CloseDeadlines, Shared, WaitError};
 
 #[pymethods]
 impl PyUringStorageIo {
@@ -53,9 +53,14 @@ impl PyUringStorageIo {
     /// descriptor; the file's append position starts at its size. A directory raises
     /// ValueError.
     fn register_fd(&self, py: Python<'_>, file: &Bound<'_, PyAny>) -> PyResult<PyIoFd> {
-        self.call(py, |_| Ok(()))?;
+        let flushes = self.call(py, |b| Ok(b.flushes_in_background()))?;
         let raw = file_descriptor(file)?;
-        let h = self.call(py, |b| Ok(b.register_fd(raw)?))?;
+        // Duplicating or reopening the descriptor (through /proc/self/fd, which can wait on
+        // NFS or FUSE) holds neither the GIL nor the instance.
+        let prepared = py
+            .detach(|| crate::backend::prepare_registration(raw, flushes))
+            .map_err(super::call_error::CallError::from)?;
+        let h = self.call(py, |b| Ok(b.register_prepared(prepared)?))?;
         Ok(PyIoFd {
             owner: h.owner,
             slot: h.slot,
@@ -207,7 +212,7 @@ impl PyUringStorageIo {
         match result {
             Ok(Some(done)) => Self::completions(py, done),
             Ok(None) => {
-                let finished = self.shared.withdraw(&tokens);
+                let finished = py.detach(|| self.shared.withdraw(&tokens));
                 let shown = timeout.map_or_else(|| "None".to_string(), |t| t.to_string());
                 Err(pyo3::exceptions::PyTimeoutError::new_err(format!(
                     "wait_for: {} of {} tokens still not complete after {shown} s",
@@ -216,7 +221,7 @@ impl PyUringStorageIo {
                 )))
             }
             Err(e) => {
-                self.shared.withdraw(&tokens);
+                py.detach(|| self.shared.withdraw(&tokens));
                 Err(e.into())
             }
         }
@@ -245,10 +250,14 @@ impl PyUringStorageIo {
     }
 
     /// Waits (without the GIL) for everything in flight, then releases the ring, buffers
-    /// and descriptors. Closing twice is harmless; threads waiting in wait() or
-    /// wait_for() get ClosedError.
-    fn close(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(self.blocking(py, |s| s.close())?)
+    /// and descriptors. Work on regular files is waited for; work on pipes and sockets for
+    /// 2 s, then cancelled. With `timeout` (seconds), everything still in flight then is
+    /// cancelled. Ctrl-C interrupts the wait (call close() again to go on). Closing twice
+    /// is harmless; threads waiting in wait() or wait_for() get ClosedError.
+    #[pyo3(signature = (timeout = None))]
+    fn close(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let deadlines = CloseDeadlines::starting_now(deadline_from(timeout)?);
+        Ok(self.blocking(py, |s| s.close(deadlines))?)
     }
 
     /// Returns the instance itself: `with UringStorageIo() as io:` closes it at the end.
@@ -259,7 +268,7 @@ impl PyUringStorageIo {
     /// Closes the instance (see close()); exceptions propagate.
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
+        self.close(py, None)?;
         Ok(false)
     }
 
@@ -322,6 +331,7 @@ impl PyUringStorageIo {
         d.set_item("completed", ops.completed)?;
         d.set_item("failed", ops.failed)?;
         d.set_item("bytes_written", ops.bytes_written)?;
+        d.set_item("bytes_read", ops.bytes_read)?;
         // How they travelled: ring operations (a batch of combined writes is one),
         // their summed time from submission to completion, syscalls, SQEs.
         d.set_item("ring_operations", m.completed)?;

@@ -312,9 +312,15 @@ pub(super) fn new_completion(
             data,
         },
     )?;
-    // SAFETY: `completion` is a live, GC-tracked object we own. Its only reference is to a
-    // bytes object, which refers to nothing, so it can never be part of a cycle; untracking
-    // it is sound, and its dealloc copes with it untracked.
-    unsafe { ffi::PyObject_GC_UnTrack(completion.as_ptr().cast()) };
+    // SAFETY: `completion` is a live object we own. PyObject_GC_IsTracked answers 0 for an
+    // object whose type has no GC header, and UnTrack is called only on one that has it and
+    // is tracked. Its only reference is to a bytes object, which refers to nothing, so it
+    // can never be part of a cycle; untracking it is sound, and its dealloc copes with it
+    // untracked.
+    unsafe {
+        if ffi::PyObject_GC_IsTracked(completion.as_ptr()) == 1 {
+            ffi::PyObject_GC_UnTrack(completion.as_ptr().cast());
+        }
+    }
     Ok(completion)
 }
