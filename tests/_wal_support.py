@@ -116,8 +116,8 @@ class WrappedIo(StorageIo):
     def metrics(self) -> dict[str, int]:
         return self.inner.metrics()  # type: ignore[no-any-return]
 
-    def close(self) -> None:
-        self.inner.close()
+    def close(self, timeout: float | None = None) -> None:
+        self.inner.close(timeout)
 
 
 def run_threads(target: Callable[[int], Any], count: int, timeout_s: float = 60.0) -> list[Any]:

@@ -147,15 +147,21 @@ class _CompletionHandBack(StorageIo):
             deadline = _deadline(timeout)
             self._flushed_upto = self._next_token
             index = self._index_ready()
+            # Each token in turn, the first that cannot be waited for named, for whichever
+            # reason: the order the io_uring backend checks them in.
+            seen: set[int] = set()
             for token in wanted:
-                if token in self._claimed:
-                    raise ValueError(
-                        f"token {token} is already being waited for by another wait_for()"
-                    )
                 if token not in index and token not in self._in_flight:
                     raise ValueError(
                         f"token {token} is not outstanding on this instance (never returned "
                         "by submit_*, or already handed back)"
+                    )
+                if token in seen:
+                    raise ValueError(f"token {token} appears more than once in tokens")
+                seen.add(token)
+                if token in self._claimed:
+                    raise ValueError(
+                        f"token {token} is already being waited for by another wait_for()"
                     )
             self._claimed.update(wanted)
             try:

@@ -8,6 +8,14 @@ completes them. The worker exists only while its queue is not empty, so an idle 
 no thread. The queue is bounded (API.md "Bounded memory"): past the bounds submit_* raises
 `QueueFullError` instead of buffering without limit.
 
+A worker never sleeps in a read or write that could wait for the other side forever: it
+sleeps in ``poll()`` on the stream and on the instance's cancel pipe (`_Canceller`), and
+then moves only what cannot block: a read takes what is there, a write to a pipe at most
+``PIPE_BUF`` bytes (a pipe that polls writable has a free page), a socket is sent to with
+``MSG_DONTWAIT``. So `close()` can stop an operation nobody will ever complete (a write to
+a pipe nobody reads): it writes to the cancel pipe, and every worker completes what it was
+doing and what is queued with ``-ECANCELED``, as io_uring's cancellation does.
+
 `_StreamWorkers` is a part of `SyncStorageIo`, not a class of its own: its methods use the
 instance's lock, token counter and completion queue directly, as the rest of the backend
 does, so a stream's completions are handed back by the same code as a file's.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import socket
 import stat
 import threading
 from collections import deque
@@ -40,73 +49,146 @@ _WRITE, _READ, _SYNC = 0, 1, 2
 class _Stream:
     """The queue of a stream registration's operations and the state of its worker."""
 
-    __slots__ = ("operations", "queued_bytes", "running")
+    __slots__ = ("operations", "queued_bytes", "running", "socket")
 
-    def __init__(self) -> None:
+    def __init__(self, sock: socket.socket | None) -> None:
         # (token, kind, payload): the bytes of a write, the length of a read, None for a
         # datasync. The operation being performed stays at the head until it completes.
         self.operations: deque[tuple[int, int, Any]] = deque()
         self.queued_bytes = 0
         self.running = False
+        # A socket's own object, on a duplicate of the backend's descriptor: it can be sent
+        # to and received from without blocking (MSG_DONTWAIT), whatever the descriptor's
+        # flags, which belong to the caller's open file description too.
+        self.socket = sock
+
+    def release(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
 
 
-def _until_ready(descriptor: int, events: int) -> None:
-    """Sleep until a non-blocking stream descriptor is ready for `events`."""
+class _Canceller:
+    """The cancel pipe every stream worker of an instance polls besides its stream: once
+    written to, it stays readable, and each worker's operation in progress and everything
+    queued behind it complete with -ECANCELED."""
+
+    __slots__ = ("read_end", "write_end", "cancelled")
+
+    def __init__(self) -> None:
+        self.read_end, self.write_end = os.pipe()
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            os.write(self.write_end, b"x")
+
+    def close(self) -> None:
+        for descriptor in (self.read_end, self.write_end):
+            try:
+                os.close(descriptor)
+            except OSError:
+                pass
+
+
+class _Cancelled(Exception):
+    """The cancel pipe became readable while an operation waited."""
+
+
+def _until_ready(descriptor: int, events: int, cancel_fd: int) -> None:
+    """Sleep until `descriptor` is ready for `events` (or in error: the next call reports
+    it); raise `_Cancelled` when the cancel pipe is readable first."""
     poller = select.poll()
     poller.register(descriptor, events)
-    poller.poll()
+    poller.register(cancel_fd, select.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if cancel_fd in ready:
+            raise _Cancelled
+        if descriptor in ready:
+            return
 
 
-def _write_stream(descriptor: int, data: bytes) -> int:
+def _write_stream(descriptor: int, data: bytes, sock: socket.socket | None, cancel_fd: int) -> int:
     """Write all of `data` to a stream; return its size or the negative errno."""
     view = memoryview(data)
     written = 0
     try:
         while written < len(view):
+            _until_ready(descriptor, select.POLLOUT, cancel_fd)
             try:
-                step = os.write(descriptor, view[written:])
-            except BlockingIOError:  # an O_NONBLOCK descriptor that is full
-                _until_ready(descriptor, select.POLLOUT)
+                if sock is not None:
+                    step = sock.send(view[written:], socket.MSG_DONTWAIT)
+                else:
+                    # A pipe that polls writable has a free page: this much never blocks.
+                    step = os.write(descriptor, view[written : written + select.PIPE_BUF])
+            except BlockingIOError:  # raced by another writer, or a non-blocking descriptor
                 continue
             if step == 0:
                 return -errno.EIO
             written += step
+    except _Cancelled:
+        return -errno.ECANCELED
     except OSError as err:
         return -(err.errno or errno.EIO)
     return written
 
 
-def _read_stream(descriptor: int, length: int) -> tuple[int, bytes | None]:
+def _read_stream(
+    descriptor: int, length: int, sock: socket.socket | None, cancel_fd: int
+) -> tuple[int, bytes | None]:
     """Read `length` bytes from a stream, or fewer at end of stream."""
     parts: list[bytes] = []
     done = 0
     try:
         while done < length:
+            _until_ready(descriptor, select.POLLIN, cancel_fd)
+            want = min(length - done, _READ_CHUNK)
             try:
-                part = os.read(descriptor, min(length - done, _READ_CHUNK))
-            except BlockingIOError:  # an O_NONBLOCK descriptor with nothing to read yet
-                _until_ready(descriptor, select.POLLIN)
+                # Readable: what is there comes back at once, never a wait for more.
+                if sock is not None:
+                    part = sock.recv(want, socket.MSG_DONTWAIT)
+                else:
+                    part = os.read(descriptor, want)
+            except BlockingIOError:  # raced by another reader
                 continue
             if not part:
                 break  # the writer closed: end of stream
             parts.append(part)
             done += len(part)
+    except _Cancelled:
+        return -errno.ECANCELED, None
     except OSError as err:
         return -(err.errno or errno.EIO), None
     return done, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _perform_stream_operation(descriptor: int, kind: int, payload: Any) -> tuple[int, Any]:
+def _perform_stream_operation(
+    descriptor: int, kind: int, payload: Any, sock: socket.socket | None, cancel_fd: int
+) -> tuple[int, Any]:
     """Run one queued stream operation; return (result, data of a read)."""
     if kind == _WRITE:
-        return (_write_stream(descriptor, payload) if payload else 0), None
+        return (_write_stream(descriptor, payload, sock, cancel_fd) if payload else 0), None
     if kind == _READ:
-        return _read_stream(descriptor, payload) if payload else (0, b"")
+        return _read_stream(descriptor, payload, sock, cancel_fd) if payload else (0, b"")
     try:
         _datasync(descriptor)
     except OSError as err:  # EINVAL on a pipe or socket, as io_uring reports it
         return -(err.errno or errno.EIO), None
     return 0, None
+
+
+def _stream_socket(descriptor: int, mode: int) -> socket.socket | None:
+    """A socket object of its own for a socket descriptor (see `_Stream.socket`)."""
+    if not stat.S_ISSOCK(mode):
+        return None
+    duplicate = os.dup(descriptor)
+    try:
+        return socket.socket(fileno=duplicate)
+    except OSError:
+        os.close(duplicate)
+        return None
 
 
 def _is_stream(descriptor: int, mode: int) -> bool:
@@ -130,6 +212,7 @@ class _StreamWorkers:
         # The instance state these methods use: it lives in SyncStorageIo's __slots__.
         _lock: threading.Lock
         _cond: threading.Condition
+        _canceller: _Canceller | None
         _next_token: int
         _in_flight: set[int]
         _ready: list[IoCompletion]
@@ -155,6 +238,8 @@ class _StreamWorkers:
                 "waiting for this descriptor; wait for completions and retry"
             )
         if not stream.running:
+            if self._canceller is None:
+                self._canceller = _Canceller()
             # Started first (it waits for the lock we hold), so that a thread that cannot
             # be started (at interpreter shutdown) leaves nothing half-submitted. The worker
             # holds this instance until its queue is empty, so a dropped instance is
@@ -177,6 +262,8 @@ class _StreamWorkers:
         """The worker of one stream: its operations one at a time, in submission order,
         the I/O with neither the lock nor the GIL held. The descriptor stays open while it
         runs: deregister_fd() and close() wait for `stream.running` to drop."""
+        canceller = self._canceller
+        assert canceller is not None
         while True:
             with self._lock:
                 if not stream.operations:
@@ -184,8 +271,14 @@ class _StreamWorkers:
                     self._cond.notify_all()  # a deregister_fd/close may wait for this
                     return
                 token, kind, payload = stream.operations[0]
+                sock = stream.socket
             try:
-                result, data = _perform_stream_operation(descriptor, kind, payload)
+                if canceller.cancelled:
+                    result, data = -errno.ECANCELED, None
+                else:
+                    result, data = _perform_stream_operation(
+                        descriptor, kind, payload, sock, canceller.read_end
+                    )
             except BaseException:  # e.g. MemoryError: the token must still complete
                 result, data = -errno.EIO, None
             with self._lock:

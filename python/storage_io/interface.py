@@ -247,8 +247,17 @@ class StorageIo(abc.ABC):
     # -- lifetime ---------------------------------------------------------------------
 
     @abc.abstractmethod
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Wait for everything in flight, then release the ring, buffers and descriptors.
+
+        Work on regular files is waited for as long as it takes. Work on pipes and sockets
+        depends on the other end, which may never read or write: it is waited for 2
+        seconds, then cancelled (it completes with ``-ECANCELED``). With `timeout`
+        (seconds), everything still in flight when it passes is cancelled; what is already
+        running and cannot be stopped (a write the kernel is doing, a datasync) is waited
+        for. An instance dropped without `close()`, or left at interpreter exit, closes the
+        same way. Ctrl-C (`KeyboardInterrupt`) interrupts the wait; call `close()` again to
+        finish closing.
 
         A second call does nothing; any other call afterwards raises `ClosedError`, and so
         does a `wait()` or `wait_for()` another thread is sleeping in. Completions not

@@ -34,6 +34,7 @@ import errno
 import os
 import stat
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -53,6 +54,7 @@ from ._sync_arguments import (
     _as_bytes_like,
     _as_offset,
     _as_position,
+    _deadline,
 )
 from ._sync_completions import _CompletionHandBack
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file, _write_vector
@@ -60,8 +62,10 @@ from ._sync_streams import (
     _READ,
     _SYNC,
     _WRITE,
+    _Canceller,
     _is_stream,
     _Stream,
+    _stream_socket,
     _StreamWorkers,
 )
 
@@ -80,18 +84,41 @@ if TYPE_CHECKING:
 __all__ = ["SyncStorageIo"]
 
 
+# How long close() waits for the operations on pipes and sockets when it has no timeout
+# before cancelling them (the io_uring backend waits as long).
+STREAM_GRACE_S = 2.0
+
+
+class _AppendEnd:
+    """Where the next append to a file goes, shared by every registration of the file on
+    one instance (the same descriptor registered twice, or two descriptors of one inode),
+    so that appends through either land after each other, never over each other."""
+
+    __slots__ = ("position", "registrations")
+
+    def __init__(self) -> None:
+        self.position = 0
+        self.registrations = 0
+
+
 class _RegisteredFile:
-    """The backend's side of one registration: its own descriptor and append position,
-    for a stream the queue its worker runs, and how many datasyncs are running on it
+    """The backend's side of one registration: its own descriptor and the file's append
+    end, for a stream the queue its worker runs, and how many datasyncs are running on it
     outside the lock (its descriptor stays open until they are done)."""
 
-    __slots__ = ("descriptor", "append_position", "slot", "stream", "syncing")
+    __slots__ = ("descriptor", "end", "inode", "slot", "stream", "syncing")
 
     def __init__(
-        self, descriptor: int, append_position: int, slot: int, stream: _Stream | None
+        self,
+        descriptor: int,
+        end: _AppendEnd,
+        inode: tuple[int, int] | None,
+        slot: int,
+        stream: _Stream | None,
     ) -> None:
         self.descriptor = descriptor
-        self.append_position = append_position
+        self.end = end
+        self.inode = inode
         self.slot = slot
         self.stream = stream
         self.syncing = 0
@@ -141,6 +168,9 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         "_failed",
         "_bytes_written",
         "_bytes_read",
+        "_append_ends",
+        "_canceller",
+        "_released",
         "__weakref__",
     )
 
@@ -175,6 +205,11 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         self._failed = 0
         self._bytes_written = 0
         self._bytes_read = 0
+        # The append end of each file (device, inode) registered here, shared by its
+        # registrations.
+        self._append_ends: dict[tuple[int, int], _AppendEnd] = {}
+        self._canceller: _Canceller | None = None  # made with the first stream worker
+        self._released = False  # close() has closed the descriptors
         _live_instances.add(self)
 
     # -- identity ---------------------------------------------------------------------
@@ -202,21 +237,17 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         # The parent's lock may have been held by a thread that does not exist here.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        was_open = not self._closed
         self._closed = True
         self._inherited = True
         self._ready = []
         self._ready_by_token = {}
         self._in_flight = set()
-        if was_open:
-            records = [*self._files.values(), *self._streams.values()]
-            self._files.clear()
-            self._streams.clear()
-            for record in records:
-                try:
-                    os.close(record.descriptor)
-                except OSError:
-                    pass
+        if not self._released:
+            self._released = True
+            try:
+                self._close_descriptors()
+            except OSError:
+                pass
 
     # -- files ------------------------------------------------------------------------
 
@@ -224,32 +255,49 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         with self._lock:
             if self._closed:
                 raise self._closed_error()
-            # A duplicate, or for an O_APPEND descriptor (whose writes would ignore their
-            # offsets) a reopening without O_APPEND; TypeError for something that is not a
-            # descriptor, OSError(EBADF) for one not open.
-            descriptor = descriptor_for_writes(file)
-            try:
-                status = os.fstat(descriptor)
-                if stat.S_ISDIR(status.st_mode):
-                    number = file if isinstance(file, int) else file.fileno()
-                    raise ValueError(
-                        f"file descriptor {number} is a directory: register a file, a pipe "
-                        "or a socket"
-                    )
-                stream = _Stream() if _is_stream(descriptor, status.st_mode) else None
-            except BaseException:
+        # A duplicate, or for an O_APPEND descriptor (whose writes would ignore their
+        # offsets) a reopening without O_APPEND: made without the lock, since reopening
+        # through /proc/self/fd can wait on NFS or FUSE. TypeError for something that is not
+        # a descriptor, OSError(EBADF) for one not open.
+        descriptor = descriptor_for_writes(file)
+        try:
+            status = os.fstat(descriptor)
+            if stat.S_ISDIR(status.st_mode):
+                number = file if isinstance(file, int) else file.fileno()
+                raise ValueError(
+                    f"file descriptor {number} is a directory: register a file, a pipe or a socket"
+                )
+            is_stream = _is_stream(descriptor, status.st_mode)
+            stream = _Stream(_stream_socket(descriptor, status.st_mode)) if is_stream else None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        with self._lock:
+            if self._closed:
+                if stream is not None:
+                    stream.release()
                 os.close(descriptor)
-                raise
-            if self._free_slots:
-                slot = self._free_slots.pop()
-            else:
-                slot = len(self._generations)
-                self._generations.append(0)
-            handle = IoFd(self._instance_id, slot, self._generations[slot])
-            size = status.st_size if stream is None else 0
-            registered = self._files if stream is None else self._streams
-            registered[handle] = _RegisteredFile(descriptor, size, slot, stream)
-            return handle
+                raise self._closed_error()
+            return self._add_registration(descriptor, status, stream)
+
+    def _add_registration(
+        self, descriptor: int, status: os.stat_result, stream: _Stream | None
+    ) -> IoFd:
+        if self._free_slots:
+            slot = self._free_slots.pop()
+        else:
+            slot = len(self._generations)
+            self._generations.append(0)
+        handle = IoFd(self._instance_id, slot, self._generations[slot])
+        inode = None if stream is not None else (status.st_dev, status.st_ino)
+        end = _AppendEnd() if inode is None else self._append_ends.setdefault(inode, _AppendEnd())
+        # Appends go after what the file holds now and after every append reserved through
+        # another registration of it, whichever is further.
+        end.position = max(end.position, status.st_size if stream is None else 0)
+        end.registrations += 1
+        registered = self._files if stream is None else self._streams
+        registered[handle] = _RegisteredFile(descriptor, end, inode, slot, stream)
+        return handle
 
     def deregister_fd(self, fd: IoFd) -> None:
         with self._lock:
@@ -259,12 +307,18 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
             del (self._files if record.stream is None else self._streams)[fd]
             self._generations[record.slot] += 1
             self._free_slots.append(record.slot)
+            record.end.registrations -= 1
+            if record.inode is not None and not record.end.registrations:
+                del self._append_ends[record.inode]
             # A regular file's writes finished when they were submitted, but a datasync may
             # still run; a stream's worker may still be busy: wait for them, lock released.
             stream = record.stream
             while record.syncing or (stream is not None and stream.running):
                 self._cond.wait()
-            os.close(record.descriptor)
+        # Closed without the lock: a close can wait for the file system (NFS writes back).
+        if stream is not None:
+            stream.release()
+        os.close(record.descriptor)
 
     def _bad_fd_error(self, fd: object) -> BadFdError:
         if not isinstance(fd, IoFd):
@@ -340,8 +394,9 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
                 data, size = _as_bytes_like(data)
             # The range is reserved now, whatever the write's outcome, as the io_uring
             # backend must do before the kernel runs it: both backends leave the same bytes.
-            offset = record.append_position
-            record.append_position = offset + size
+            end = record.end
+            offset = end.position
+            end.position = offset + size
             try:
                 result = _pwrite(record.descriptor, data, offset)
                 if result != size:
@@ -383,9 +438,9 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
                 raise self._closed_error()
             record = self._lookup(fd)
             views, size = _as_buffers(buffers)
-            offset = record.append_position
+            offset = record.end.position
             if record.stream is None:
-                record.append_position = offset + size
+                record.end.position = offset + size
             return self._finish_vector(record, views, size, offset)
 
     def _finish_vector(
@@ -465,31 +520,50 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
 
     # -- lifetime ---------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        deadline = _deadline(timeout)
         with self._lock:
             if self._inherited:
                 raise self._closed_error()
-            if self._closed:
+            if self._released:
                 return
             self._closed = True
             self._cond.notify_all()  # waiters in wait()/wait_for() give up: closed
-            # Stream operations still queued and datasyncs still running finish first (lock
-            # released while waiting).
+            # Operations on pipes and sockets get STREAM_GRACE_S (or the timeout), then are
+            # cancelled; a datasync of a regular file running in another thread cannot be
+            # stopped, and is waited for. The lock is released while waiting; Ctrl-C
+            # interrupts it, and close() called again goes on.
+            streams_until = time.monotonic() + STREAM_GRACE_S if deadline is None else deadline
             while self._in_flight or any(
                 r.stream is not None and r.stream.running for r in self._streams.values()
             ):
-                self._cond.wait()
+                canceller = self._canceller
+                if canceller is not None and not canceller.cancelled:
+                    left = streams_until - time.monotonic()
+                    if left <= 0:
+                        canceller.cancel()
+                        continue
+                    self._cond.wait(left)
+                else:
+                    self._cond.wait()
             self._ready = []
             self._ready_by_token = {}
             self._in_flight = set()
+            self._released = True
             self._close_descriptors()
 
     def _close_descriptors(self) -> None:
         records = [*self._files.values(), *self._streams.values()]
         self._files.clear()
         self._streams.clear()
+        self._append_ends.clear()
+        if self._canceller is not None:
+            self._canceller.close()
+            self._canceller = None
         first_error: OSError | None = None
         for record in records:
+            if record.stream is not None:
+                record.stream.release()
             try:
                 os.close(record.descriptor)
             except OSError as err:  # e.g. EIO from NFS: still close the others
@@ -502,8 +576,9 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         # A forgotten close() must not leak the duplicated descriptors. Never blocks: a
         # stream worker holds a reference to the instance, so by now none is running. No
         # lock: nothing else can reach an object being finalized.
-        if not getattr(self, "_closed", True):
+        if not getattr(self, "_released", True):
             self._closed = True
+            self._released = True
             try:
                 self._close_descriptors()
             except OSError:

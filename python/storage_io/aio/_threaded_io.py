@@ -213,7 +213,7 @@ class ThreadedStorageIo(StorageIo):
 
     # -- lifetime ---------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         with self._changed:
             if self._closed:
                 return
@@ -222,7 +222,7 @@ class ThreadedStorageIo(StorageIo):
             self._changed.notify_all()
         self._thread.join()
         if self._owns_inner:
-            self._inner.close()
+            self._inner.close(timeout)
 
 
 def _wait_for(inner: Any, token: int) -> list[IoCompletion]:
