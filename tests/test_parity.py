@@ -323,3 +323,96 @@ def test_a_child_can_use_a_new_instance(io, backend_kind, tmp_path):
 
     assert in_forked_child(child) is True
     assert (tmp_path / "child").read_bytes() == b"child"
+
+
+# -- one behaviour, row by row ---------------------------------------------------------------
+#
+# Cases where the two backends were once found to differ. Each row is a scenario run on
+# every backend and the value every backend must give.
+
+
+def stream_bound_counts_the_operation_in_progress(io, tmp_path) -> object:
+    """How many operations one stream takes before QueueFullError while the first of them
+    is in progress (a write larger than the pipe, nobody reading)."""
+    import threading
+
+    from storage_io import QueueFullError
+
+    r, w = os.pipe()
+    try:
+        out = io.register_fd(w)
+        tokens = [io.submit_write(out, b"s" * (1 << 20), 0)]
+        io.flush()
+        try:
+            while len(tokens) < 5000:
+                tokens.append(io.submit_append(out, b"t"))
+        except QueueFullError:
+            pass
+        accepted = len(tokens)
+        reader = threading.Thread(target=lambda: os.read(r, 1) and _read_all(r), daemon=True)
+        reader.start()
+        wait_for_all(io, tokens)
+        return accepted
+    finally:
+        close_quietly(w)
+        io.close()
+        close_quietly(r)
+
+
+def _read_all(r: int) -> None:
+    while os.read(r, 1 << 20):
+        pass
+
+
+def wait_for_names_the_first_token_it_cannot_wait_for(io, tmp_path) -> object:
+    fd = register_path(io, tmp_path / "f")
+    token = io.submit_append(fd, b"x")
+    try:
+        io.wait_for([999_999, token, token])
+    except ValueError as exc:
+        message = str(exc)
+    wait_for_all(io, [token])
+    return message.replace(str(token), "<t>")
+
+
+def metrics_count_the_bytes_read(io, tmp_path) -> object:
+    (tmp_path / "f").write_bytes(b"0123456789abc")
+    fd = register_path(io, tmp_path / "f", os.O_RDONLY)
+    wait_for_all(io, [io.submit_read(fd, 10, 0), io.submit_read(fd, 100, 10)])
+    return io.metrics()["bytes_read"]
+
+
+def a_forked_child_closes_the_descriptors_it_inherits(io, tmp_path) -> object:
+    path = str(tmp_path / "inherited")
+    register_path(io, tmp_path / "inherited")
+
+    def child() -> dict[str, int]:
+        targets = []
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                targets.append(os.readlink(f"/proc/self/fd/{name}"))
+            except OSError:
+                pass
+        return {
+            "the registered file": targets.count(path),
+            "rings": targets.count("anon_inode:[io_uring]"),
+        }
+
+    return in_forked_child(child)
+
+
+DIVERGENCES = [
+    (stream_bound_counts_the_operation_in_progress, 1024),
+    (wait_for_names_the_first_token_it_cannot_wait_for,
+     "token 999999 is not outstanding on this instance (never returned by submit_*, or "
+     "already handed back)"),
+    (metrics_count_the_bytes_read, 13),
+    (a_forked_child_closes_the_descriptors_it_inherits, {"the registered file": 0, "rings": 0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"), DIVERGENCES, ids=[row[0].__name__ for row in DIVERGENCES]
+)
+def test_one_behaviour_on_every_backend(io, tmp_path, scenario, expected):
+    assert scenario(io, tmp_path) == expected
