@@ -67,7 +67,9 @@ def test_one_handle_deregistered_the_other_appends_on(io, tmp_path):
 def test_a_datasync_through_one_handle_follows_the_writes_through_the_other(io, tmp_path):
     path = tmp_path / "log"
     one = register_path(io, path, os.O_RDWR | os.O_CREAT)
-    two = register_path(io, path, os.O_RDWR)
+    # O_DSYNC: each write waits for the disk, in a kernel worker, so that a datasync not
+    # held behind them would finish first.
+    two = register_path(io, path, os.O_RDWR | os.O_DSYNC)
     writes = [io.submit_append(two, os.urandom(200_000)) for _ in range(8)]
     sync = io.submit_datasync(one)
     read = io.submit_read(one, 1_600_000, 0)
