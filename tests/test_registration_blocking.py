@@ -21,7 +21,7 @@ from _support import call_with_timeout, register_path
 
 HELPER = r"""
 for i in $(seq 100); do [ -e "$1/go" ] && break; sleep 0.1; done
-if [ -e "$1/go" ]; then echo released-by-the-test > "$1/result"; else echo timed-out > "$1/result"; fi
+if [ -e "$1/go" ]; then echo released-by-the-test; else echo timed-out; fi > "$1/result"
 exec : < "$1/fifo"
 """
 
