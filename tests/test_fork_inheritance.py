@@ -22,8 +22,8 @@ from test_parity import in_forked_child
 
 def vm_ranges_with_flag(flag: str) -> set[tuple[int, int]]:
     """The address ranges of this process's mappings whose VmFlags include `flag`."""
-    ranges = set()
-    current = None
+    ranges: set[tuple[int, int]] = set()
+    current = (0, 0)
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
             head = line.split(" ", 1)[0]
@@ -35,7 +35,7 @@ def vm_ranges_with_flag(flag: str) -> set[tuple[int, int]]:
                 except ValueError:
                     pass
             if line.startswith("VmFlags:") and flag in line.split()[1:]:
-                ranges.add(current)  # type: ignore[arg-type]
+                ranges.add(current)
     return ranges
 
 

@@ -339,6 +339,7 @@ def stream_bound_counts_the_operation_in_progress(io, tmp_path) -> object:
     from storage_io import QueueFullError
 
     r, w = os.pipe()
+    reader = threading.Thread(target=_read_all, args=(r,), daemon=True)
     try:
         out = io.register_fd(w)
         tokens = [io.submit_write(out, b"s" * (1 << 20), 0)]
@@ -349,13 +350,14 @@ def stream_bound_counts_the_operation_in_progress(io, tmp_path) -> object:
         except QueueFullError:
             pass
         accepted = len(tokens)
-        reader = threading.Thread(target=lambda: os.read(r, 1) and _read_all(r), daemon=True)
         reader.start()
         wait_for_all(io, tokens)
         return accepted
     finally:
         close_quietly(w)
-        io.close()
+        io.close()  # its own write end closes: the reader reaches the end
+        if reader.is_alive():
+            reader.join(30)
         close_quietly(r)
 
 
