@@ -8,6 +8,10 @@
 //! order) or withdrawn (timeout, signal, error: whatever completed goes back to the common
 //! queue, nothing is lost).
 //!
+//! Tokens of the `*_nowait` submissions (an event loop's) are handed back by
+//! `take_nowait` alone: a `wait()`/`poll_completions()` of another user of the instance
+//! never takes them, and the loop never takes anyone else's.
+//!
 //! Live tokens are a bitmap over the token range rather than a hash set: tokens are handed
 //! out in increasing order, so marking one live is an append and the bitmap's low end moves
 //! up as the oldest ones are handed back. A hash set would cost an insert and a remove with
@@ -139,6 +143,11 @@ pub struct Handback {
     claims: TokenHashSet,
     /// Completions of claimed tokens.
     claimed: TokenMap<Completion>,
+    /// Tokens of `*_nowait` submissions not handed back yet, and their completions.
+    nowait: TokenSet,
+    nowait_ready: Vec<Completion>,
+    /// A `*_nowait` completion was handed over since the last `take_nowait`.
+    nowait_signal: bool,
     /// Completions handed over so far (ready or claimed), to tell whether a call made any.
     pub deliveries: u64,
 }
@@ -148,14 +157,51 @@ impl Handback {
         self.live.insert(token);
     }
 
-    /// A finished operation: to its claimant if a `wait_for` waits for it, else to the queue.
+    /// A token issued and then not used after all (its submission failed).
+    pub fn forget(&mut self, token: u64) {
+        self.live.remove(token);
+        self.nowait.remove(token);
+    }
+
+    /// A token of a `*_nowait` submission: handed back by `take_nowait` only.
+    pub fn issued_nowait(&mut self, token: u64) {
+        self.live.insert(token);
+        self.nowait.insert(token);
+    }
+
+    /// A finished operation: to its claimant if a `wait_for` waits for it, else to the
+    /// queue of its kind (`nowait` or the common one).
     pub fn deliver(&mut self, completion: Completion) {
         self.deliveries += 1;
         if !self.claims.is_empty() && self.claims.contains(&completion.token) {
             self.claimed.insert(completion.token, completion);
+        } else if !self.nowait.is_empty() && self.nowait.contains(completion.token) {
+            self.nowait_ready.push(completion);
+            self.nowait_signal = true;
         } else {
             self.ready.push(completion);
         }
+    }
+
+    /// Hands back every finished `*_nowait` operation.
+    pub fn take_nowait(&mut self, out: &mut Vec<Completion>) {
+        for c in &self.nowait_ready {
+            self.live.remove(c.token);
+            self.nowait.remove(c.token);
+        }
+        out.append(&mut self.nowait_ready);
+        self.nowait_signal = false;
+    }
+
+    /// Whether a `*_nowait` completion was handed over since the last `take_nowait` (and
+    /// not signalled yet).
+    pub fn take_nowait_signal(&mut self) -> bool {
+        std::mem::take(&mut self.nowait_signal)
+    }
+
+    /// `*_nowait` operations not finished yet (nobody but `take_nowait` waits for them).
+    pub fn nowait_unfinished(&self) -> usize {
+        self.nowait.len() - self.nowait_ready.len()
     }
 
     /// Completions not claimed by anyone.
@@ -163,9 +209,9 @@ impl Handback {
         self.ready.len()
     }
 
-    /// Completions waiting to be handed back, claimed ones included.
+    /// Completions waiting to be handed back, claimed and `nowait` ones included.
     pub fn waiting_len(&self) -> usize {
-        self.ready.len() + self.claimed.len()
+        self.ready.len() + self.claimed.len() + self.nowait_ready.len()
     }
 
     /// Claimed tokens whose operation has not finished yet.
@@ -198,14 +244,16 @@ impl Handback {
         self.claims.extend(seen.iter().copied());
         let claims = &self.claims;
         let claimed = &mut self.claimed;
-        self.ready.retain_mut(|c| {
-            if claims.contains(&c.token) {
-                claimed.insert(c.token, std::mem::replace(c, Completion::new(0, 0)));
-                false
-            } else {
-                true
-            }
-        });
+        for queue in [&mut self.ready, &mut self.nowait_ready] {
+            queue.retain_mut(|c| {
+                if claims.contains(&c.token) {
+                    claimed.insert(c.token, std::mem::replace(c, Completion::new(0, 0)));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
         Ok(())
     }
 
@@ -229,6 +277,7 @@ impl Handback {
             .map(|t| {
                 self.claims.remove(t);
                 self.live.remove(*t);
+                self.nowait.remove(*t);
                 self.claimed.remove(t).expect("claim checked complete")
             })
             .collect()
@@ -239,7 +288,11 @@ impl Handback {
         for t in tokens {
             self.claims.remove(t);
             if let Some(c) = self.claimed.remove(t) {
-                self.ready.push(c);
+                if self.nowait.contains(c.token) {
+                    self.nowait_ready.push(c);
+                } else {
+                    self.ready.push(c);
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ The docstrings here are the user documentation of the methods; the backends
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -52,6 +52,14 @@ class StorageIo(abc.ABC):
     """
 
     __slots__ = ()
+
+    supports_nowait: ClassVar[bool] = False
+    """Whether the instance offers submissions that never wait, for an event loop:
+    ``submit_*_nowait`` calls (queued in call order while there is no room, raising
+    `QueueFullError` only past a bound), ``take_nowait_completions()`` (their completions,
+    and only theirs) and ``register_eventfd()``. `UringStorageIo` does; `storage_io.aio`
+    drives such an instance from the event loop directly, and any other (the sync backend,
+    whose submissions do the I/O) through one worker thread."""
 
     # -- identity ---------------------------------------------------------------------
 

@@ -35,11 +35,11 @@ impl UringBackend {
         data: &[u8],
         offset: u64,
     ) -> Result<u64, BackendError> {
-        self.file_mut(handle)?;
-        self.place(handle, &[data], offset, false)
+        self.submit_writev(handle, &[data], offset)
     }
 
-    /// One write of the concatenation of `parts` at `offset`, under one token.
+    /// One write of the concatenation of `parts` at `offset` (`None`: at the file's append
+    /// position), under one token.
     pub fn submit_writev(
         &mut self,
         handle: Handle,
@@ -47,42 +47,43 @@ impl UringBackend {
         offset: u64,
     ) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
-        self.place(handle, parts, offset, false)
+        self.wait_behind_queue()?;
+        let token = self.place(handle, parts, Some(offset))?;
+        Ok(self.issued(token))
     }
 
     /// One append of the concatenation of `parts`, under one token.
     pub fn submit_appendv(&mut self, handle: Handle, parts: &[&[u8]]) -> Result<u64, BackendError> {
-        let position = self.file_mut(handle)?.append_end.position();
-        self.place(handle, parts, position, true)
+        self.file_mut(handle)?;
+        self.wait_behind_queue()?;
+        let token = self.place(handle, parts, None)?;
+        Ok(self.issued(token))
     }
 
     pub fn submit_append(&mut self, handle: Handle, data: &[u8]) -> Result<u64, BackendError> {
-        // The range is reserved at submission, in submission order, whatever order the
-        // kernel finishes the writes in; a failed append leaves its range as a hole, as it
-        // does on every backend.
-        let position = self.file_mut(handle)?.append_end.position();
-        self.place(handle, &[data], position, true)
+        self.submit_appendv(handle, &[data])
     }
 
-    /// Puts a write of `data` (the concatenation of its parts) at `offset`: into the file's
-    /// open batch when it continues it, else into a new batch, else (larger than a buffer)
-    /// as its own split write.
+    /// Puts a write of `data` (the concatenation of its parts) at `offset`, or with `None`
+    /// at the file's append position (reserved now, in submission order, whatever order the
+    /// kernel finishes the writes in; a failed append leaves its range as a hole, as it
+    /// does on every backend): into the file's open batch when it continues it, else into
+    /// a new batch, else (larger than a buffer) as its own split write. The handle is
+    /// checked; the token is not issued yet.
     pub(super) fn place(
         &mut self,
         handle: Handle,
         data: &[&[u8]],
-        offset: u64,
-        append: bool,
+        offset: Option<u64>,
     ) -> Result<u64, BackendError> {
-        let token = if self.file_at(handle.slot).stream.is_some() {
+        if self.file_at(handle.slot).stream.is_some() {
             let bytes: Box<[u8]> = data.concat().into();
-            self.submit_to_stream(handle.slot, bytes.len(), |token| {
+            return self.submit_to_stream(handle.slot, bytes.len(), |token| {
                 crate::backend::streams::StreamOp::Write { token, data: bytes }
-            })?
-        } else {
-            self.place_in_file(handle, data, offset, append)?
-        };
-        Ok(self.issued(token))
+            });
+        }
+        let position = self.file_at(handle.slot).append_end.position();
+        self.place_in_file(handle, data, offset.unwrap_or(position), offset.is_none())
     }
 
     pub(super) fn place_in_file(
@@ -93,12 +94,7 @@ impl UringBackend {
         append: bool,
     ) -> Result<u64, BackendError> {
         let len: usize = data.iter().map(|part| part.len()).sum();
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|end| end > i64::MAX as u64)
-        {
-            return Err(io::Error::from_raw_os_error(libc::EFBIG).into());
-        }
+        check_write_range(len, offset)?;
         let slot = handle.slot;
         if let Some(token) = self.join_open_batch(slot, data, len, offset, append) {
             return Ok(token);
@@ -245,6 +241,17 @@ impl UringBackend {
             .map(|batch| batch.members.len())
             .sum()
     }
+}
+
+/// A write must end within what a file offset can address.
+pub(super) fn check_write_range(len: usize, offset: u64) -> Result<(), BackendError> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG).into());
+    }
+    Ok(())
 }
 
 /// Copies `parts` one after another to the start of `target`.

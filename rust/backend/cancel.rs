@@ -30,6 +30,7 @@ impl UringBackend {
         for &slot in &picked {
             self.cancel_unissued(slot);
         }
+        self.cancel_queued(|slot| picked.contains(&slot));
         let released = std::mem::take(&mut self.released);
         for (token, slot, what) in released {
             if picked.contains(&slot) {

@@ -276,8 +276,9 @@ impl UringBackend {
 
     /// Whether `handle`'s file has nothing in flight (a deregistration may proceed).
     pub fn file_idle(&mut self, handle: Handle) -> Result<bool, BackendError> {
+        let queued = self.queue.has_file(handle.slot);
         let file = self.file_mut(handle)?;
-        Ok(file.operations == 0 && !file.flush_in_flight)
+        Ok(file.operations == 0 && !file.flush_in_flight && !queued)
     }
 
     /// Frees the slot of an idle file (see `file_idle`); its descriptors come back to be

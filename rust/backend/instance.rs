@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use super::files::FileSlot;
+use super::nowait::SubmitQueue;
 use super::ordering::Held;
 use crate::config::IoUringConfig;
 use crate::handback::{Completion, Handback};
@@ -26,6 +27,8 @@ pub struct UringBackend {
     /// Tokens handed out and not yet completed (ready ones excluded).
     pub(super) outstanding: usize,
     pub(super) held_count: usize,
+    /// `*_nowait` submissions accepted without room, waiting for it (`nowait`).
+    pub(super) queue: SubmitQueue,
     /// Held operations whose writes have all completed: (token, slot, what), not yet issued.
     pub(super) released: Vec<(u64, u32, Held)>,
     /// submit_* calls since the last flush/poll/wait/wait_for (what flush() reports).
@@ -47,6 +50,10 @@ pub struct UringBackend {
     /// An eventfd is registered: an event loop learns of completions from the kernel's
     /// CQEs, so flush() leaves every write to the ring (`take_flush_work`).
     pub(super) eventfd_registered: bool,
+    /// The registered eventfd, signalled by us too when another thread hands a `*_nowait`
+    /// completion over (`signal_event_loop`): the kernel's signal for its CQE went to the
+    /// loop before that thread reaped it, and the loop found nothing then.
+    pub(super) eventfd: Option<RawFd>,
     /// Close cancelled everything (`cancel`): no background flush starts any more.
     pub(super) cancelled_everything: bool,
 }
@@ -90,6 +97,7 @@ impl UringBackend {
             handback: Handback::default(),
             outstanding: 0,
             held_count: 0,
+            queue: SubmitQueue::default(),
             released: Vec::new(),
             submits_since_flush: 0,
             stream_ops_waiting: 0,
@@ -102,6 +110,7 @@ impl UringBackend {
             background_flush_bytes: config.background_flush_bytes as u64,
             flushes_in_flight: 0,
             eventfd_registered: false,
+            eventfd: None,
             cancelled_everything: false,
         })
     }
@@ -134,18 +143,37 @@ impl UringBackend {
     pub fn register_eventfd(&mut self, eventfd: RawFd) -> io::Result<()> {
         self.manager.register_eventfd(eventfd)?;
         self.eventfd_registered = true;
+        self.eventfd = Some(eventfd);
         Ok(())
     }
 
     pub fn unregister_eventfd(&mut self) -> io::Result<()> {
         self.manager.unregister_eventfd()?;
         self.eventfd_registered = false;
+        self.eventfd = None;
         Ok(())
+    }
+
+    /// Signals the registered eventfd if `*_nowait` completions were handed over since the
+    /// event loop last took them: called by every path that reaps or delivers for another
+    /// caller (a sleeper, a caller doing work itself, a poll), never by the loop's own
+    /// `take_nowait`, which takes them at once.
+    pub fn signal_event_loop(&mut self) {
+        if !self.handback.take_nowait_signal() {
+            return;
+        }
+        if let Some(eventfd) = self.eventfd {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to a descriptor the caller keeps open
+            // while it is registered (it unregisters, under the same lock, before closing
+            // it). A full counter (EAGAIN) already means "wake up".
+            let _ = unsafe { libc::write(eventfd, (&raw const one).cast(), 8) };
+        }
     }
 
     /// Submitted and not yet handed back.
     pub fn pending_count(&self) -> usize {
-        self.outstanding + self.handback.waiting_len()
+        self.outstanding + self.queue.len() + self.handback.waiting_len()
     }
 
     /// The submit_* calls since the last call of this (flush, poll, wait, wait_for do).
@@ -182,6 +210,14 @@ impl UringBackend {
     /// kernel's completions only with `may_reap` (see `waiters`: not while another thread
     /// sleeps for them).
     pub fn poll(&mut self, out: &mut Vec<Completion>, may_reap: bool) -> io::Result<()> {
+        self.advance(may_reap)?;
+        self.handback.take_ready(out);
+        Ok(())
+    }
+
+    /// What a poll does before handing back: submits what is queued and (`may_reap`)
+    /// reaps what the kernel finished.
+    pub fn advance(&mut self, may_reap: bool) -> io::Result<()> {
         self.flush()?;
         if may_reap {
             self.collect();
@@ -189,7 +225,6 @@ impl UringBackend {
             // Operations released by `collect` should not wait for the next call.
             self.manager.flush()?;
         }
-        self.handback.take_ready(out);
         Ok(())
     }
 
@@ -197,14 +232,17 @@ impl UringBackend {
         &mut self.handback
     }
 
-    /// Tokens not completed and not claimed by a `wait_for`.
+    /// Tokens not completed, not claimed by a `wait_for` and not of a `*_nowait`
+    /// submission: what a `wait()` may still be handed.
     pub fn unclaimed_outstanding(&self) -> usize {
-        self.outstanding - self.handback.claimed_unfinished()
+        (self.outstanding + self.queue.len())
+            .saturating_sub(self.handback.claimed_unfinished())
+            .saturating_sub(self.handback.nowait_unfinished())
     }
 
-    /// Nothing in flight any more, background flushes included.
+    /// Nothing in flight or queued any more, background flushes included.
     pub fn drained(&self) -> bool {
-        self.outstanding == 0 && self.flushes_in_flight == 0
+        self.outstanding == 0 && self.queue.is_empty() && self.flushes_in_flight == 0
     }
 
     /// Whether anything the kernel will complete is in flight.

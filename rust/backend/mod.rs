@@ -9,6 +9,8 @@
 //! - `room`: whether a submission has buffers (or held slots) to go now, and how many
 //!   completions to wait for when it has not;
 //! - `ordering`: datasyncs held back until every earlier write to their file is done;
+//! - `nowait`: submissions that never wait (an event loop's), queued in call order
+//!   while there is no room;
 //! - `shared_syncs`: datasyncs released together sharing one fdatasync;
 //! - `reads`: reads, held behind earlier writes as datasyncs are;
 //! - `streams`: pipes and sockets, whose operations go one at a time, in order;
@@ -28,6 +30,7 @@ mod completions;
 mod errors;
 mod files;
 mod instance;
+mod nowait;
 mod ordering;
 mod reads;
 mod room;
@@ -42,4 +45,5 @@ pub use caller_work::{CallerWork, WorkOutcome, IN_CALLER_MIN_BUDGET};
 pub use errors::BackendError;
 pub use files::{prepare_registration, Handle, PreparedFile, Retired};
 pub use instance::{OperationCounts, UringBackend};
+pub use nowait::{Request, QUEUE_BOUND};
 pub use ordering::Held;

@@ -30,14 +30,20 @@ pub(super) const MAX_HELD: usize = 16_384;
 impl UringBackend {
     pub fn submit_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
-        let token = if self.file_at(handle.slot).stream.is_some() {
+        self.wait_behind_queue()?;
+        let token = self.place_datasync(handle)?;
+        Ok(self.issued(token))
+    }
+
+    /// The datasync of `handle`'s file (checked), its token not issued yet.
+    pub(super) fn place_datasync(&mut self, handle: Handle) -> Result<u64, BackendError> {
+        if self.file_at(handle.slot).stream.is_some() {
             self.submit_to_stream(handle.slot, 0, |token| {
                 crate::backend::streams::StreamOp::Datasync { token }
-            })?
+            })
         } else {
-            self.submit_held(handle.slot, Held::Datasync)?
-        };
-        Ok(self.issued(token))
+            self.submit_held(handle.slot, Held::Datasync)
+        }
     }
 
     /// A datasync or read of a file (not a stream): to the ring now when no earlier write
@@ -95,10 +101,14 @@ impl UringBackend {
         }
     }
 
-    /// Sends the held operations whose writes are all done to the ring.
+    /// Sends the held operations whose writes are all done to the ring, then what waits in
+    /// the queue of `*_nowait` submissions (called after them) as far as there is room.
     pub fn send_released(&mut self) {
         for (token, slot, what) in std::mem::take(&mut self.released) {
             self.issue_held(token, slot, what);
+        }
+        if !self.queue.is_empty() {
+            self.send_queued();
         }
     }
 

@@ -21,12 +21,19 @@ impl UringBackend {
         offset: u64,
     ) -> Result<u64, BackendError> {
         self.file_mut(handle)?;
-        if offset
-            .checked_add(len as u64)
-            .is_none_or(|end| end > i64::MAX as u64)
-        {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL).into());
-        }
+        check_read_range(len, offset)?;
+        self.wait_behind_queue()?;
+        let token = self.place_read(handle, len, offset)?;
+        Ok(self.issued(token))
+    }
+
+    /// The read (handle and range checked), its token not issued yet.
+    pub(super) fn place_read(
+        &mut self,
+        handle: Handle,
+        len: usize,
+        offset: u64,
+    ) -> Result<u64, BackendError> {
         let token = if len == 0 {
             // Nothing to read: complete at once, as the sync backend does.
             let token = self.manager.reserve_token();
@@ -42,7 +49,7 @@ impl UringBackend {
         } else {
             self.submit_held(handle.slot, Held::Read { len, offset })?
         };
-        Ok(self.issued(token))
+        Ok(token)
     }
 
     pub(super) fn deliver_read(&mut self, token: u64, result: i64, data: Option<Vec<u8>>) {
@@ -56,4 +63,15 @@ impl UringBackend {
             data: if result >= 0 { data } else { None },
         });
     }
+}
+
+/// A read must end within what a file offset can address.
+pub(super) fn check_read_range(len: usize, offset: u64) -> Result<(), BackendError> {
+    if offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL).into());
+    }
+    Ok(())
 }

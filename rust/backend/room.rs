@@ -31,6 +31,10 @@ impl UringBackend {
     /// Whether a write of `len` bytes (or, with `held`, a held operation) has room now;
     /// `Err` when it never will (nothing in flight can free any).
     pub fn room_for(&self, len: usize, held: bool) -> Result<bool, BackendError> {
+        if !self.queue.is_empty() {
+            // Behind the queue of `*_nowait` submissions: its turn comes when that is empty.
+            return Ok(false);
+        }
         if held {
             return Ok(self.held_count < MAX_HELD);
         }

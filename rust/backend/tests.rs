@@ -502,3 +502,98 @@ fn a_datasync_never_shares_an_fdatasync_the_kernel_has_taken() {
     assert_eq!(b.with(|b| b.manager.metrics()).submitted, 82);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn nowait_submissions_past_the_pool_wait_in_order_and_close_writes_them() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("nowait_queue");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    // 64 appends of a whole buffer each, into a pool of 8: most must wait in the queue.
+    let records: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 4096]).collect();
+    let mut tokens = Vec::new();
+    for data in &records {
+        let request = Request::Write {
+            parts: &[data],
+            offset: None,
+        };
+        tokens.push(b.run(|b| b.submit_nowait(h, &request)).unwrap());
+    }
+    assert!(
+        b.with(|b| b.queued_len()) > 0,
+        "the pool was full: some were queued"
+    );
+    let sync = b.run(|b| b.submit_nowait(h, &Request::Datasync)).unwrap();
+    let mut sorted = tokens.clone();
+    sorted.push(sync);
+    sorted.dedup();
+    assert_eq!(sorted.len(), 65, "every call got a token of its own");
+    // Nobody polls: close alone must write everything, in call order.
+    b.close().unwrap();
+    let mut written = Vec::new();
+    File::open(&path)
+        .unwrap()
+        .read_to_end(&mut written)
+        .unwrap();
+    assert_eq!(written, records.concat());
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn nowait_completions_go_only_to_their_own_taker() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("nowait_takers");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    let plain = append(&b, h, b"plain");
+    let request = Request::Write {
+        parts: &[b"nowait"],
+        offset: None,
+    };
+    let nowait = b.run(|b| b.submit_nowait(h, &request)).unwrap();
+    let mut taken = Vec::new();
+    while taken.is_empty() {
+        let mut got = Vec::new();
+        b.0.access().take_nowait(&mut got).unwrap();
+        taken.extend(got.into_iter().map(|c| (c.token, c.result)));
+    }
+    assert_eq!(taken, vec![(nowait, 6)]);
+    assert_eq!(
+        poll_until(&b, 1),
+        vec![(plain, 5)],
+        "the plain one stayed for poll"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn a_plain_submit_waits_behind_queued_nowait_ones() {
+    let b = backend(small_standard());
+    let (path, file) = temp_file("nowait_then_plain");
+    let h = b.register_fd(file.as_raw_fd()).unwrap();
+    for i in 0..16u8 {
+        let data = [i; 4096];
+        let request = Request::Write {
+            parts: &[&data],
+            offset: None,
+        };
+        b.run(|b| b.submit_nowait(h, &request)).unwrap();
+    }
+    assert!(b.with(|b| b.queued_len()) > 0);
+    assert!(matches!(
+        b.submit_append(h, b"late"),
+        Err(BackendError::NoRoom)
+    ));
+    append(&b, h, b"late");
+    b.close().unwrap();
+    let mut written = Vec::new();
+    File::open(&path)
+        .unwrap()
+        .read_to_end(&mut written)
+        .unwrap();
+    assert_eq!(written.len(), 16 * 4096 + 4);
+    assert_eq!(
+        &written[16 * 4096..],
+        b"late",
+        "the plain append came after the queue"
+    );
+    let _ = std::fs::remove_file(path);
+}

@@ -39,6 +39,8 @@ pub struct RingManager {
     pub(super) fallback_reason: Option<String>,
     pub(super) core_id: usize,
     pub(super) next_token: u64,
+    /// A token reserved earlier that the next operation placed takes (`place_next_as`).
+    pub(super) reserved_next: Option<u64>,
     pub(super) in_flight: TokenMap<Operation>,
     /// SQEs that did not fit the submission queue; pushed, in order, at the next flush.
     pub(super) backlog: VecDeque<squeue::Entry>,
@@ -96,6 +98,7 @@ impl RingManager {
             fallback_reason: built.fallback_reason,
             core_id,
             next_token: 1,
+            reserved_next: None,
             in_flight: TokenMap::default(),
             backlog: VecDeque::new(),
             unconsumed,

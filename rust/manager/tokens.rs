@@ -42,6 +42,9 @@ pub type TokenMap<V> = HashMap<u64, V, BuildHasherDefault<TokenHasher>>;
 
 impl RingManager {
     pub(super) fn take_token(&mut self) -> u64 {
+        if let Some(token) = self.reserved_next.take() {
+            return token;
+        }
         let token = self.next_token;
         self.next_token += 1;
         token
@@ -49,7 +52,15 @@ impl RingManager {
 
     /// The token the next `reserve_token` returns.
     pub fn peek_token(&self) -> u64 {
-        self.next_token
+        self.reserved_next.unwrap_or(self.next_token)
+    }
+
+    /// Makes the next operation placed take `token`, reserved earlier, instead of a new
+    /// one: an operation accepted while it had no room (the backend's submission queue)
+    /// keeps the token its caller was given. `None` cancels it when the operation was not
+    /// placed after all.
+    pub fn place_next_as(&mut self, token: Option<u64>) {
+        self.reserved_next = token;
     }
 
     /// Reserves a token for a datasync that the backend holds back and issues later with

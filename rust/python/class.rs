@@ -15,7 +15,7 @@ use super::call_error::{CallError, CallResult};
 use super::errors::ClosedError;
 use super::fastcall::{self, FastMethod};
 use super::values::{new_completion, PyIoFd};
-use crate::backend::{BackendError, Completion, Handle, UringBackend};
+use crate::backend::{BackendError, Completion, Handle, Request, UringBackend};
 use crate::config::{IoUringConfig, RingMode};
 use crate::waiters::{Shared, WaitError};
 
@@ -186,6 +186,36 @@ impl PyUringStorageIo {
                 Some(Ok(at)) => Ok(backend.submit_writev(handle, parts, *at)?),
                 Some(Err(e)) => Err(CallError::Python(e.clone_ref(py))),
                 None => Ok(backend.submit_appendv(handle, parts)?),
+            })
+        })
+    }
+
+    /// Submits a write with the given placement without ever waiting (`submit_nowait`).
+    pub(super) fn submit_payload_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        payload: PyResult<Payload<'_>>,
+        offset: Option<&Bound<'_, PyAny>>,
+    ) -> CallResult<u64> {
+        let handle = self.handle(py, fd)?;
+        let offset = offset.map(extract_offset).transpose();
+        self.call(py, |backend| {
+            backend.check_handle(handle)?;
+            let payload = payload
+                .as_ref()
+                .map_err(|e| CallError::Python(e.clone_ref(py)))?;
+            let offset = offset
+                .as_ref()
+                .map_err(|e| CallError::Python(e.clone_ref(py)))?;
+            payload.with_slices(|parts| {
+                Ok(backend.submit_nowait(
+                    handle,
+                    &Request::Write {
+                        parts,
+                        offset: *offset,
+                    },
+                )?)
             })
         })
     }

@@ -14,7 +14,7 @@ use super::class::{fork_generation, PyUringStorageIo};
 use super::errors::UringUnavailableError;
 use super::module::new_instance_id;
 use super::values::{PyIoFd, PyIoUringConfig, PyRingMode};
-use crate::backend::UringBackend;
+use crate::backend::{Request, UringBackend};
 use crate::config::RingMode;
 use crate::waiters::{CloseDeadlines, Shared, WaitError};
 
@@ -227,6 +227,91 @@ impl PyUringStorageIo {
         }
     }
 
+    /// As submit_write, but never waits (for an event loop): without room the write
+    /// waits in the instance, with its own copy of the bytes, and goes to the kernel in
+    /// call order as completions make room (at the latest in close()). Its completion is
+    /// handed back by take_nowait_completions() only. Raises QueueFullError, accepting
+    /// nothing, once the queued operations hold 256 MiB.
+    fn submit_write_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let payload = extract_data(data).map(Payload::One);
+        Ok(self.submit_payload_nowait(py, fd, payload, Some(offset))?)
+    }
+
+    /// As submit_append, never waiting (see submit_write_nowait).
+    fn submit_append_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let payload = extract_data(data).map(Payload::One);
+        Ok(self.submit_payload_nowait(py, fd, payload, None)?)
+    }
+
+    /// As submit_writev, never waiting (see submit_write_nowait).
+    fn submit_writev_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload_nowait(py, fd, extract_buffers(buffers), Some(offset))?)
+    }
+
+    /// As submit_appendv, never waiting (see submit_write_nowait).
+    fn submit_appendv_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        Ok(self.submit_payload_nowait(py, fd, extract_buffers(buffers), None)?)
+    }
+
+    /// As submit_datasync, never waiting (see submit_write_nowait).
+    fn submit_datasync_nowait(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let handle = self.handle(py, fd)?;
+        Ok(self.call(py, |b| Ok(b.submit_nowait(handle, &Request::Datasync)?))?)
+    }
+
+    /// As submit_read, never waiting (see submit_write_nowait).
+    fn submit_read_nowait(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        length: &Bound<'_, PyAny>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let handle = self.handle(py, fd)?;
+        let length = extract_length(length);
+        let offset = extract_offset(offset);
+        Ok(self.call(py, |b| {
+            b.check_handle(handle)?;
+            let len = *length.as_ref().map_err(|e| e.clone_ref(py))?;
+            let offset = *offset.as_ref().map_err(|e| e.clone_ref(py))?;
+            Ok(b.submit_nowait(handle, &Request::Read { len, offset })?)
+        })?)
+    }
+
+    /// Hands back the completions of the submit_*_nowait calls that are ready (possibly
+    /// none); never blocks. Completions of other submissions are never among them, and
+    /// poll_completions() and wait() never hand these back.
+    fn take_nowait_completions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let ready = self.blocking(py, |s| {
+            let mut out = Vec::new();
+            s.access().take_nowait(&mut out)?;
+            Ok(out)
+        })?;
+        Self::completions(py, ready)
+    }
+
     /// Make the kernel signal the eventfd `fd` for every completion it posts, so that an
     /// event loop can watch it (storage_io.aio does). Read the eventfd, then call
     /// poll_completions() until it returns nothing: a completion arriving after the read
@@ -270,6 +355,14 @@ impl PyUringStorageIo {
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
         self.close(py, None)?;
         Ok(false)
+    }
+
+    /// True: this backend offers the submit_*_nowait calls, take_nowait_completions() and
+    /// register_eventfd(), so an event loop can drive it without a thread
+    /// (storage_io.aio does).
+    #[classattr]
+    fn supports_nowait() -> bool {
+        true
     }
 
     /// "uring-sqpoll" or "uring": the ring mode this instance got.

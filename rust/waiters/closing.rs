@@ -115,6 +115,7 @@ impl Shared {
             let step = (|| -> Result<bool, WaitError> {
                 backend.flush()?;
                 backend.collect();
+                backend.signal_event_loop();
                 backend.send_released();
                 backend.flush()?;
                 Ok(backend.drained())

@@ -90,10 +90,37 @@ impl Access<'_> {
         let backend = self.state.backend.as_mut().ok_or(WaitError::Closed)?;
         backend.take_submit_count();
         backend.poll(out, sleeper.is_none())?;
+        backend.signal_event_loop();
         if let Some(want) = sleeper {
             if backend.manager_mut().unreaped() > 0 {
                 backend.manager_mut().wake_sleeper(want)?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Access<'_> {
+    /// Hands back the finished `*_nowait` operations without blocking, as `poll` does for
+    /// the others: queued work goes to the kernel, and the kernel's completions are reaped
+    /// unless a sleeper is the one to reap them (it is woken if some are there).
+    pub fn take_nowait(mut self, out: &mut Vec<Completion>) -> Result<(), WaitError> {
+        if self.state.closing {
+            return Err(WaitError::Closed);
+        }
+        let sleeper = self.state.sleeper;
+        let backend = self.state.backend.as_mut().ok_or(WaitError::Closed)?;
+        let before = backend.deliveries();
+        backend.advance(sleeper.is_none())?;
+        backend.take_nowait_completions(out);
+        if let Some(want) = sleeper {
+            if backend.manager_mut().unreaped() > 0 {
+                backend.manager_mut().wake_sleeper(want)?;
+            }
+        }
+        if backend.deliveries() != before {
+            // Others' completions reaped here: wake whoever waits for them.
+            self.shared.announce(&mut self.state);
         }
         Ok(())
     }
@@ -191,10 +218,13 @@ impl Shared {
 
     /// Completions appeared outside the sleeper's reap: wake everyone who may want them.
     pub(super) fn announce(&self, state: &mut State) {
-        if let (Some(want), Some(backend)) = (state.sleeper, state.backend.as_mut()) {
-            // Failing to post the no-ops leaves the sleeper to its own wake-up: nothing is
-            // lost, only later.
-            let _ = backend.manager_mut().wake_sleeper(want);
+        if let Some(backend) = state.backend.as_mut() {
+            backend.signal_event_loop();
+            if let Some(want) = state.sleeper {
+                // Failing to post the no-ops leaves the sleeper to its own wake-up: nothing
+                // is lost, only later.
+                let _ = backend.manager_mut().wake_sleeper(want);
+            }
         }
         self.notify(state);
     }
@@ -247,6 +277,7 @@ impl Shared {
             let backend = state.backend.as_mut().ok_or(WaitError::Closed)?;
             if !sleeping {
                 backend.collect();
+                backend.signal_event_loop();
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let expired = remaining.is_some_and(|r| r.is_zero());
@@ -341,6 +372,7 @@ impl Shared {
         state.sleeper = None;
         let backend = state.backend.as_mut().expect("close waits for the sleeper");
         backend.collect();
+        backend.signal_event_loop();
         self.notify(&state);
         match result {
             Ok(()) => Ok(state),
