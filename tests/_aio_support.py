@@ -35,6 +35,15 @@ DEADLINE_S = 60.0
 on_each_loop = pytest.mark.parametrize("loop_kind", LOOPS)
 
 
+def new_loop(loop_kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of `loop_kind` ("asyncio" or "uvloop")."""
+    if loop_kind == "uvloop":
+        if uvloop is None:
+            pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
 def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DEADLINE_S) -> T:
     """Run `main()` on a new loop of `loop_kind`; a run that outlasts `deadline_s` fails."""
 
@@ -46,13 +55,7 @@ def run(main: Callable[[], Awaitable[T]], loop_kind: str, deadline_s: float = DE
             pytest.fail(f"did not finish within {deadline_s} s: a lost wake-up or a hang")
         return task.result()
 
-    loop: asyncio.AbstractEventLoop
-    if loop_kind == "uvloop":
-        if uvloop is None:
-            pytest.skip("uvloop is not installed (pip install -e '.[test]' installs it)")
-        loop = uvloop.new_event_loop()
-    else:
-        loop = asyncio.new_event_loop()
+    loop = new_loop(loop_kind)
     try:
         return loop.run_until_complete(bounded())
     finally:

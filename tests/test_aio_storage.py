@@ -203,6 +203,7 @@ def test_a_closed_io_raises_closed_error(io: Any, loop_kind: str, tmp_path: Path
         io.close()
         with pytest.raises(ClosedError):
             await aio.append(fd, b"x")
+        await aio.aclose()
 
     run(main, loop_kind)
 
@@ -217,6 +218,12 @@ def test_bound_to_the_loop_of_first_use(io: Any, tmp_path: Path) -> None:
     assert asyncio.run(use()) == 1
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(use())
+
+    async def close() -> None:
+        # The first loop is gone: closing from another one lets go of what it can.
+        await aio.aclose()
+
+    asyncio.run(close())
 
 
 # -- streams -------------------------------------------------------------------------------

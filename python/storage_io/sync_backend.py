@@ -36,7 +36,7 @@ import stat
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._native import (
     BadFdError,
@@ -57,6 +57,7 @@ from ._sync_arguments import (
     _deadline,
 )
 from ._sync_completions import _CompletionHandBack
+from ._sync_nowait import NowaitQueue
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file, _write_vector
 from ._sync_streams import (
     _READ,
@@ -171,10 +172,12 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         "_append_ends",
         "_canceller",
         "_released",
+        "_nowait",
         "__weakref__",
     )
 
     fallback_reason: str | None
+    supports_nowait = True  # submit_*_nowait: see _sync_nowait
 
     def __init__(self) -> None:
         self.fallback_reason = None
@@ -210,6 +213,7 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         self._append_ends: dict[tuple[int, int], _AppendEnd] = {}
         self._canceller: _Canceller | None = None  # made with the first stream worker
         self._released = False  # close() has closed the descriptors
+        self._nowait: NowaitQueue | None = None  # made by the first submit_*_nowait
         _live_instances.add(self)
 
     # -- identity ---------------------------------------------------------------------
@@ -242,6 +246,8 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         self._ready = []
         self._ready_by_token = {}
         self._in_flight = set()
+        if self._nowait is not None:
+            self._nowait.forget_after_fork()
         if not self._released:
             self._released = True
             try:
@@ -460,6 +466,8 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
+            if self._nowait is not None and self._nowait.busy():
+                self._nowait.wait_until_empty()  # sees every write called before it
             length = _as_position("length", length)
             offset = _as_offset(offset)
             if record.stream is not None:
@@ -479,6 +487,8 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
+            if self._nowait is not None and self._nowait.busy():
+                self._nowait.wait_until_empty()  # covers every write called before it
             if record.stream is not None:
                 return self._queue_on_stream(record, _SYNC, None, 0)
             token = self._next_token
@@ -500,6 +510,57 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
                 self._ready.append(IoCompletion(token, result))
                 self._cond.notify_all()
         return token
+
+    # -- submissions that never wait (for an event loop; see _sync_nowait) ---------------
+
+    def submit_write_nowait(self, fd: IoFd, data: Buffer, offset: int) -> int:
+        return self._call_nowait(NowaitQueue.write, fd, data, offset, False)
+
+    def submit_append_nowait(self, fd: IoFd, data: Buffer) -> int:
+        return self._call_nowait(NowaitQueue.write, fd, data, None, False)
+
+    def submit_writev_nowait(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
+        return self._call_nowait(NowaitQueue.write, fd, buffers, offset, True)
+
+    def submit_appendv_nowait(self, fd: IoFd, buffers: Iterable[Buffer]) -> int:
+        return self._call_nowait(NowaitQueue.write, fd, buffers, None, True)
+
+    def submit_datasync_nowait(self, fd: IoFd) -> int:
+        return self._call_nowait(NowaitQueue.datasync, fd)
+
+    def submit_read_nowait(self, fd: IoFd, length: int, offset: int) -> int:
+        return self._call_nowait(NowaitQueue.read, fd, length, offset)
+
+    def _call_nowait(self, method: Any, fd: IoFd, *args: Any) -> int:
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            record = self._lookup(fd)
+            if self._nowait is None:
+                self._nowait = NowaitQueue(self)
+            return method(self._nowait, fd, record, *args)  # type: ignore[no-any-return]
+
+    def take_nowait_completions(self) -> list[IoCompletion]:
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            return [] if self._nowait is None else self._nowait.take_ready()
+
+    def register_eventfd(self, fd: int | HasFileno) -> None:
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._nowait is None:
+                self._nowait = NowaitQueue(self)
+            self._nowait.register_eventfd(fd if isinstance(fd, int) else fd.fileno())
+
+    def unregister_eventfd(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._nowait is None:
+                raise OSError(errno.ENXIO, "no eventfd is registered")
+            self._nowait.unregister_eventfd()
 
     # -- counts -------------------------------------------------------------------------
 
