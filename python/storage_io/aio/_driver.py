@@ -17,10 +17,9 @@ through it, loses nothing to the loop. The last user to let go closes the eventf
 A STANDARD ring starts I/O only when asked, so one drain per loop tick hands the tick's
 submissions over together: appends made in one tick are combined into few kernel writes.
 
-Taken completions are delivered one by one from a queue of this object, each step of a
-delivery safe to repeat: an exception raised in the middle (a ``KeyboardInterrupt`` from a
-signal handler) leaves the rest queued, and the next drain (scheduled before the exception
-goes on) delivers them.
+Each step of delivering a completion is safe to repeat: an exception raised in the middle
+(a ``KeyboardInterrupt`` from a signal handler) keeps the completion and the rest for the
+next drain, scheduled before the exception goes on.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import os
 import sys
 import threading
 from asyncio import Future
-from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._native import ClosedError
@@ -83,7 +81,11 @@ class Account:
 
     def finished(self, token: int) -> None:
         self.tokens.discard(token)
-        if not self.tokens and self._idle_waiters:
+        if not self.tokens:
+            self.now_idle()
+
+    def now_idle(self) -> None:
+        if self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 if not waiter.done():
@@ -113,7 +115,7 @@ class LoopDriver:
         "_users",
         "_eventfd",
         "_undelivered",
-        "_drain_scheduled",
+        "drain_scheduled",
         "_pid",
     )
 
@@ -140,8 +142,8 @@ class LoopDriver:
         # token -> (future, kind, account)
         self.waiting: dict[int, tuple[Future[Any], int, Account]] = {}
         self._users = 1
-        self._undelivered: deque[IoCompletion] = deque()
-        self._drain_scheduled = False
+        self._undelivered: list[IoCompletion] = []
+        self.drain_scheduled = False
         self._pid = os.getpid()
         self._eventfd = open_eventfd()
         try:
@@ -181,8 +183,8 @@ class LoopDriver:
         future: Future[Any] = Future(loop=self.loop)
         self.waiting[token] = (future, kind, account)
         account.tokens.add(token)
-        if not self._drain_scheduled:
-            self._drain_scheduled = True
+        if not self.drain_scheduled:
+            self.drain_scheduled = True
             self.loop.call_soon(self.drain)
         return future
 
@@ -195,16 +197,17 @@ class LoopDriver:
     def drain(self) -> None:
         """Hand the io what this tick submitted, take every completion it has, and deliver
         them; an io closed under us fails whatever still waits."""
-        self._drain_scheduled = False
+        self.drain_scheduled = False
         take = self.io.take_nowait_completions
         try:
-            self._deliver()
+            if self._undelivered:
+                left, self._undelivered = self._undelivered, []
+                self._deliver(left)
             while True:
                 done = take()
                 if not done:
                     break
-                self._undelivered.extend(done)
-                self._deliver()
+                self._deliver(done)
         except ClosedError as exc:
             self.fail_all(exc)
         except OSError as exc:
@@ -213,30 +216,46 @@ class LoopDriver:
                 {"message": "storage_io.aio: taking completions failed; retrying", "exception": exc}
             )
             self.loop.call_later(0.001, self.drain)
+
+    def _deliver(self, done: list[IoCompletion]) -> None:
+        """Resolve the futures of `done`. Every step for one completion is safe to repeat,
+        so an exception raised in the middle (a KeyboardInterrupt from a signal handler)
+        keeps it and the rest for the next drain, scheduled before the exception goes on."""
+        waiting = self.waiting
+        delivered = 0
+        try:
+            for completion in done:
+                token = completion.token
+                entry = waiting.get(token)
+                if entry is not None:
+                    future, kind, account = entry
+                    if not future.done():  # else its waiter was cancelled; the I/O is done
+                        result = completion.result
+                        if result < 0:
+                            future.set_exception(completion.error)  # type: ignore[arg-type]
+                        elif kind == WRITE:
+                            future.set_result(result)
+                        elif kind == SYNC:
+                            future.set_result(None)
+                        else:
+                            future.set_result(completion.data)
+                    tokens = account.tokens
+                    tokens.discard(token)
+                    if not tokens:
+                        account.now_idle()
+                    del waiting[token]
+                delivered += 1
         except BaseException:
-            if self._undelivered and not self._drain_scheduled:
-                self._drain_scheduled = True
+            self._undelivered[:0] = done[delivered:]
+            if not self.drain_scheduled:
+                self.drain_scheduled = True
                 self.loop.call_soon(self.drain)
             raise
-
-    def _deliver(self) -> None:
-        undelivered = self._undelivered
-        waiting = self.waiting
-        while undelivered:
-            completion = undelivered[0]
-            entry = waiting.get(completion.token)
-            if entry is not None:
-                future, kind, account = entry
-                if not future.done():  # else its waiter was cancelled; the I/O is done
-                    _resolve(future, kind, completion)
-                account.finished(completion.token)
-                del waiting[completion.token]
-            undelivered.popleft()
 
     def fail_all(self, cause: BaseException) -> None:
         """The io was closed under its users (or inherited across fork()): every operation
         still waiting fails with `ClosedError`, none waits forever."""
-        self._undelivered.clear()
+        self._undelivered = []
         waiting, self.waiting = self.waiting, {}
         for token, (future, _, account) in waiting.items():
             if not future.done():
@@ -248,14 +267,3 @@ class LoopDriver:
                 future.set_exception(error)
             account.finished(token)
 
-
-def _resolve(future: Future[Any], kind: int, completion: IoCompletion) -> None:
-    result = completion.result
-    if result < 0:
-        future.set_exception(completion.error)  # type: ignore[arg-type]
-    elif kind == WRITE:
-        future.set_result(result)
-    elif kind == SYNC:
-        future.set_result(None)
-    else:
-        future.set_result(completion.data)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
-from asyncio import get_running_loop
-from typing import TYPE_CHECKING, Any
+from asyncio import Future, get_running_loop
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, overload
 
 from .._native import ClosedError, IoFd
 from ..selection import open_storage_io
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
     from ..interface import HasFileno, StorageIo
 
 __all__ = ["AsyncStorageIo"]
+
+
+class _ClassOrInstance:
+    """`open` means two things, as asyncio users expect both: on the class, ``await
+    AsyncStorageIo.open(io=None)`` makes one (its io set up off the loop); on an instance,
+    ``aio.open(path, mode)`` opens a file."""
+
+    def __init__(self, on_class: Any, on_instance: Any) -> None:
+        self._on_class = on_class
+        self._on_instance = on_instance
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Callable[..., Awaitable[AsyncStorageIo]]: ...
+    @overload
+    def __get__(self, instance: AsyncStorageIo, owner: type) -> Callable[..., Opening]: ...
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
+            return self._on_class.__get__(None, owner)
+        return self._on_instance.__get__(instance, owner)
 
 _OPEN, _CLOSING, _CLOSED = range(3)
 
@@ -65,9 +84,9 @@ class AsyncStorageIo:
         self._syncable: dict[IoFd, int] = {}
 
     @classmethod
-    async def open(cls, io: StorageIo | None = None) -> AsyncStorageIo:
-        """As the constructor, with the io (ring set-up, buffer registration) made on a
-        thread of its own rather than on the loop."""
+    async def _open_io(cls, io: StorageIo | None = None) -> AsyncStorageIo:
+        """``await AsyncStorageIo.open(io=None)``: as the constructor, with the io (ring
+        set-up, buffer registration) made on a thread of its own rather than on the loop."""
         loop = running_loop()
         if io is not None:
             return cls(io)
@@ -166,20 +185,37 @@ class AsyncStorageIo:
 
     # -- operations -------------------------------------------------------------------
 
+    # write and append spell out `_track`: they are the hot path, where a Python call costs
+    # about as much as the bookkeeping.
+
     def write(self, fd: IoFd, data: Buffer, offset: int) -> Operation[int]:
         """Write `data` at `offset`; awaited, the number of bytes written (all of them)."""
         driver = self._driver
         if driver is None or driver.loop is not get_running_loop() or self._state:
-            self._bound()
-        return self._track(self._io.submit_write_nowait(fd, data, offset), WRITE)
+            driver = self._bound()
+        token = self._io.submit_write_nowait(fd, data, offset)
+        future: Future[int] = Future(loop=driver.loop)
+        driver.waiting[token] = (future, WRITE, self._account)
+        self._account.tokens.add(token)
+        if not driver.drain_scheduled:
+            driver.drain_scheduled = True
+            driver.loop.call_soon(driver.drain)
+        return Operation(future)
 
     def append(self, fd: IoFd, data: Buffer) -> Operation[int]:
         """Write `data` at the file's append position (appends land in call order);
         awaited, the number of bytes written."""
         driver = self._driver
         if driver is None or driver.loop is not get_running_loop() or self._state:
-            self._bound()
-        return self._track(self._io.submit_append_nowait(fd, data), WRITE)
+            driver = self._bound()
+        token = self._io.submit_append_nowait(fd, data)
+        future: Future[int] = Future(loop=driver.loop)
+        driver.waiting[token] = (future, WRITE, self._account)
+        self._account.tokens.add(token)
+        if not driver.drain_scheduled:
+            driver.drain_scheduled = True
+            driver.loop.call_soon(driver.drain)
+        return Operation(future)
 
     def writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> Operation[int]:
         """Write the buffers back to back at `offset`, as one write; awaited, the total."""
@@ -217,12 +253,15 @@ class AsyncStorageIo:
         self._bound()
         return self._track(self._io.submit_read_nowait(fd, length, offset), READ)
 
-    def open(self, path: str | os.PathLike[str], mode: str = "r") -> Opening:
-        """A file by path: ``async with aio.open(path, "a") as f: await f.append(b)``
-        (also ``f = await aio.open(path, mode)``, then ``await f.aclose()``). Modes as the
-        built-in `open`, binary only: ``r``, ``w``, ``a``, ``x``, each with ``+``."""
+    def _open_file(self, path: str | os.PathLike[str], mode: str = "r") -> Opening:
+        """``aio.open(path, mode)``: a file by path, ``async with aio.open(path, "a") as f:
+        await f.append(b)`` (or ``f = await aio.open(path, mode)``, then ``await
+        f.aclose()``). Modes as the built-in `open`, binary only: ``r``, ``w``, ``a``,
+        ``x``, each with ``+``."""
         self._bound()
         return Opening(self, path, mode)
+
+    open = _ClassOrInstance(_open_io, _open_file)
 
     # -- lifetime ---------------------------------------------------------------------
 

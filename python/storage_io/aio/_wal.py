@@ -29,7 +29,8 @@ import os
 import sys
 import threading
 import warnings
-from asyncio import Future
+import weakref
+from asyncio import Future, get_running_loop
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -59,15 +60,23 @@ class LogWorker:
     Holds no reference to the `AsyncWal`, so that an unclosed one can be collected (its
     finalizer then asks this worker to close the log)."""
 
-    def __init__(self, wal: Wal, loop: asyncio.AbstractEventLoop, report: Callable[[int, BaseException | None], None]) -> None:
+    def __init__(
+        self,
+        wal: Wal,
+        loop: asyncio.AbstractEventLoop,
+        report: weakref.WeakMethod[Callable[[int, BaseException | None], None]],
+    ) -> None:
         self.wal = wal
         self._loop = loop
-        self._report = report  # called on the loop with (durable LSN, poison or None)
+        # Called on the loop with (durable LSN, poison or None); weak, so that the
+        # AsyncWal can be collected while this worker finishes its work.
+        self._report = report
         self._changed = threading.Condition(threading.Lock())
         self._payloads: list[bytes] = []
         self._calls: list[tuple[Callable[[], Any], Future[Any] | None]] = []
         self._wanted = 0  # the highest LSN someone waits to see durable
         self._thread: threading.Thread | None = None
+        self._sleeping = False  # the thread waits for work (else it will look again anyway)
         self.poison: BaseException | None = None
         self._durable_at_poison = 0
 
@@ -79,6 +88,14 @@ class LogWorker:
             if durable and last > self._wanted:
                 self._wanted = last
             self._wake()
+
+    def append_one(self, payload: bytes, lsn: int) -> None:
+        """`append` of one record that someone waits to see durable."""
+        with self._changed:
+            self._payloads.append(payload)
+            self._wanted = lsn
+            if self._thread is None or self._sleeping:
+                self._wake()
 
     def want_durable(self, lsn: int) -> None:
         with self._changed:
@@ -122,7 +139,9 @@ class LogWorker:
         while True:
             with self._changed:
                 if not self._has_work():
+                    self._sleeping = True
                     self._changed.wait(_IDLE_S)
+                    self._sleeping = False
                 if not self._has_work():
                     self._thread = None
                     return
@@ -141,7 +160,10 @@ class LogWorker:
                 # durable, whatever the log's counter says about the commit that failed.
                 self.poison = exc
                 self._durable_at_poison = before
-            self._tell_loop(self._report, self.durable(), self.poison)
+            report = self._report()
+            if report is not None:
+                self._tell_loop(report, self.durable(), self.poison)
+            del report
             for fn, future in calls:
                 try:
                     result: Any = fn()
@@ -216,7 +238,7 @@ class AsyncWal:
     def _setup(self, loop: asyncio.AbstractEventLoop, wal: Wal) -> None:
         self._loop = loop
         self._wal = wal
-        self._worker = LogWorker(wal, loop, self._advance)
+        self._worker = LogWorker(wal, loop, weakref.WeakMethod(self._advance))
         self._next_lsn = wal.last_lsn + 1
         self._durable_seen = wal.durable_lsn
         self._waiters: list[tuple[int, int, Future[int]]] = []  # heap by LSN
@@ -307,8 +329,19 @@ class AsyncWal:
 
     def append(self, payload: Buffer) -> Operation[int]:
         """Append one record (its LSN fixed at the call); awaited, its LSN once durable."""
-        self._check_usable()
-        return Operation(self._waiter(self._take((payload,), True)))
+        # The hot path: `_check_usable`, `_take` and `_waiter` spelled out for one record.
+        worker = self._worker
+        if self._closed or get_running_loop() is not self._loop or worker.poison is not None:
+            self._check_usable()
+        copy = payload if type(payload) is bytes else owned_bytes(payload)
+        if len(copy) > _MAX_PAYLOAD:
+            raise ValueError(f"a payload of {len(copy)} bytes is over the 4 GiB - 1 a record holds")
+        lsn = self._next_lsn
+        self._next_lsn = lsn + 1
+        worker.append_one(copy, lsn)
+        future: Future[int] = self._loop.create_future()
+        heapq.heappush(self._waiters, (lsn, next(self._order), future))
+        return Operation(future)
 
     def append_many(self, payloads: Iterable[Buffer]) -> Operation[int]:
         """Append the records (consecutive LSNs); awaited, the last LSN once they are all
