@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _aio_support import on_each_loop, register, run
 from storage_io import Wal
 from storage_io.aio import AsyncFile, AsyncStorageIo, AsyncWal
@@ -56,7 +57,7 @@ def test_writev_appendv_and_fsync_on_handles(io: Any, loop_kind: str, tmp_path: 
             await aio.fsync(fd)
             assert await aio.read(fd, 10, 0) == b"abXYef"
             with pytest.raises(TypeError):
-                aio.appendv(fd, b"one bytes object")
+                aio.appendv(fd, b"one bytes object")  # type: ignore[arg-type]
 
     run(main, loop_kind)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _aio_support import on_each_loop, parse_records, record, register, run
 from storage_io import Wal, WalError
 from storage_io.aio import AsyncStorageIo, AsyncWal
@@ -52,7 +53,10 @@ def test_two_storage_users_and_two_logs_share_one_io(
                 await wal.append(b"%s %d" % (name, seq))
 
         await asyncio.gather(
-            writer(first, fd_1, 1), writer(second, fd_2, 2), logger(log_a, b"a"), logger(log_b, b"b")
+            writer(first, fd_1, 1),
+            writer(second, fd_2, 2),
+            logger(log_a, b"a"),
+            logger(log_b, b"b"),
         )
         counts.append(_eventfds() - before)
         await first.aclose()
@@ -68,7 +72,9 @@ def test_two_storage_users_and_two_logs_share_one_io(
     assert parse_records((tmp_path / "2").read_bytes()) == [(2, s) for s in range(100)]
     for name in ("a", "b"):
         with Wal.open(tmp_path / name) as wal:
-            assert [p for _, p in wal.replay()] == [b"%s %d" % (name.encode(), s) for s in range(100)]
+            assert [p for _, p in wal.replay()] == [
+                b"%s %d" % (name.encode(), s) for s in range(100)
+            ]
 
 
 @on_each_loop
@@ -122,9 +128,7 @@ def test_a_failed_asyncwal_open_leaves_nothing_behind(
 
 
 @on_each_loop
-def test_an_open_abandoned_by_its_caller_is_closed(
-    io: Any, loop_kind: str, tmp_path: Path
-) -> None:
+def test_an_open_abandoned_by_its_caller_is_closed(io: Any, loop_kind: str, tmp_path: Path) -> None:
     """The task opening a log is cancelled while the recovery runs: the log it opened is
     closed and its directory unlocked once the recovery ends."""
 

@@ -108,7 +108,9 @@ class NowaitQueue:
         worker keeps the order."""
         return self._queue_file(STREAM, record, plain, 0)
 
-    def enqueue(self, kind: int, token: int, record: _RegisteredFile, payload: Any, offset: int) -> None:
+    def enqueue(
+        self, kind: int, token: int, record: _RegisteredFile, payload: Any, offset: int
+    ) -> None:
         io = self._io
         io._in_flight.add(token)
         record.syncing += 1  # its descriptor stays open until this is done
@@ -236,4 +238,8 @@ class NowaitQueue:
         except Exception:  # the instance closed under it
             return IoCompletion(token, -errno.ECANCELED)
         data = done.data
-        return IoCompletion(token, done.result) if data is None else IoCompletion(token, done.result, data)
+        return (
+            IoCompletion(token, done.result)
+            if data is None
+            else IoCompletion(token, done.result, data)
+        )

@@ -57,8 +57,8 @@ from ._sync_arguments import (
     _deadline,
 )
 from ._sync_completions import _CompletionHandBack
-from ._sync_nowait import NowaitQueue
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file, _write_vector
+from ._sync_nowait import NowaitQueue
 from ._sync_streams import (
     _READ,
     _SYNC,

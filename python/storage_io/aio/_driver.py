@@ -266,4 +266,3 @@ class LoopDriver:
                 error.__cause__ = cause
                 future.set_exception(error)
             account.finished(token)
-

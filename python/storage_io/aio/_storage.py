@@ -6,7 +6,8 @@ import asyncio
 import os
 import warnings
 from asyncio import Future, get_running_loop
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, overload
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 from .._native import ClosedError, IoFd
 from ..selection import open_storage_io
@@ -44,6 +45,7 @@ class _ClassOrInstance:
             return self._on_class.__get__(None, owner)
         return self._on_instance.__get__(instance, owner)
 
+
 _OPEN, _CLOSING, _CLOSED = range(3)
 
 
@@ -64,8 +66,17 @@ class AsyncStorageIo:
     with the errno. Cancelling the awaiting task stops the waiting, never the I/O.
     """
 
-    __slots__ = ("_io", "_owns_io", "_driver", "_account", "_state", "_closer", "_pid",
-                 "_syncable", "__weakref__")
+    __slots__ = (
+        "_io",
+        "_owns_io",
+        "_driver",
+        "_account",
+        "_state",
+        "_closer",
+        "_pid",
+        "_syncable",
+        "__weakref__",
+    )
 
     def __init__(self, io: StorageIo | None = None) -> None:
         self._owns_io = io is None
@@ -327,4 +338,3 @@ def _fsync_directory(path: str | os.PathLike[str]) -> None:
 
 def _close_quietly(io: Any) -> None:
     io.close()
-

@@ -292,7 +292,9 @@ class AsyncWal:
         records = await self._worker.call(lambda: self._wal.replay(from_lsn))
         while True:
             batch = await run_off_loop(
-                self._loop, lambda: list(itertools.islice(records, _REPLAY_CHUNK)), "storage_io-replay"
+                self._loop,
+                lambda: list(itertools.islice(records, _REPLAY_CHUNK)),
+                "storage_io-replay",
             )
             if not batch:
                 return
@@ -314,7 +316,9 @@ class AsyncWal:
         copies = [owned_bytes(p) for p in payloads]
         for copy in copies:
             if len(copy) > _MAX_PAYLOAD:
-                raise ValueError(f"a payload of {len(copy)} bytes is over the 4 GiB - 1 a record holds")
+                raise ValueError(
+                    f"a payload of {len(copy)} bytes is over the 4 GiB - 1 a record holds"
+                )
         if not copies:
             return self.last_lsn
         last = self._next_lsn + len(copies) - 1

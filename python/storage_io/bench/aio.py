@@ -273,7 +273,7 @@ def _commit_setup(run: PreparedRun) -> None:
     if isinstance(run.target, PwriteBaseline):
         return
     run.state["log_dir"] = log_dir = tempfile.mkdtemp(prefix="asyncwal-", dir=run.directory)
-    opening = AsyncWal.open(log_dir, io=run.target)
+    opening = AsyncWal.open(log_dir, io=run.target)  # type: ignore[arg-type]
     run.state["wal"] = loop.run_until_complete(opening)
 
 
