@@ -14,8 +14,10 @@ loop of its own (the default asyncio loop), made and closed untimed around the t
   skipped with the reason.
 - ``aio_wal_commit`` (A2): 64 tasks each awaiting 1,000 durable ``AsyncWal.append``s of
   256 B. Rows: ``asyncwal-uring`` / ``asyncwal-sync``, and ``to-thread``: 64 tasks each
-  doing ``await asyncio.to_thread(pwrite + fdatasync)`` per record. Records per fdatasync
-  and the p99 lag of a ticker task (waking every millisecond on the same loop) beside each.
+  doing ``await asyncio.to_thread(pwrite + fdatasync)`` per record. The log's segments are
+  4 MiB, so that a run goes through rotations. Records per fdatasync and the lag of a
+  ticker task (waking every millisecond on the same loop: p99, and p99 and max less the
+  time the loop's thread waited for a CPU) beside each.
 
 The checks, after the timing: an appended file must be exactly as long as the records
 written and made of exactly those records, each whole (the tasks interleave, so the order
@@ -31,6 +33,7 @@ import importlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Callable
@@ -53,6 +56,7 @@ __all__ = ["A1", "A2", "TASKS"]
 
 TASKS = 64  # the tasks of both workloads (ASYNC.md)
 TICK_S = 0.001  # the lag ticker's period
+SEGMENT_BYTES = 4 << 20  # A2's log segments: a full run goes through four rotations
 READ_CHUNK = 1024 * KIB
 
 
@@ -90,24 +94,42 @@ def _close_loop(run: PreparedRun, closing: Callable[[], Awaitable[None]] | None)
         loop.close()
 
 
+def _runqueue_wait_s() -> float:
+    """Seconds this thread has spent runnable but not running (waiting for a CPU), from
+    /proc schedstat; 0.0 where the kernel does not say."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class LagTicker:
-    """A task waking every TICK_S; how late it wakes is the loop's lag."""
+    """A task waking every TICK_S; how late it wakes is the loop's lag. Two figures per tick:
+    the plain lateness, and the lateness less the time the loop's thread waited for a CPU
+    meanwhile: the loop's own doing (work on the loop, a blocking call, a wait for the GIL),
+    which is what the contract bounds. On a shared machine the scheduler alone makes an idle
+    loop's ticker late by milliseconds, which says nothing about this code."""
 
     def __init__(self) -> None:
         self.lags_s: list[float] = []
+        self.own_lags_s: list[float] = []
 
     async def run(self) -> None:
-        clock, sleep, lags = time.perf_counter, asyncio.sleep, self.lags_s
+        clock, sleep, lags, own = time.perf_counter, asyncio.sleep, self.lags_s, self.own_lags_s
         while True:
-            start = clock()
+            start, waited = clock(), _runqueue_wait_s()
             await sleep(TICK_S)
-            lags.append(clock() - start - TICK_S)
+            lag = clock() - start - TICK_S
+            lags.append(lag)
+            own.append(max(0.0, lag - (_runqueue_wait_s() - waited)))
 
-    def p99_us(self) -> float:
-        """Nearest-rank p99 of the lateness, in µs (0 when it never woke)."""
-        if not self.lags_s:
+    @staticmethod
+    def p99_us(lags: list[float]) -> float:
+        """Nearest-rank p99 of `lags`, in µs (0 when it never woke)."""
+        if not lags:
             return 0.0
-        ordered = sorted(self.lags_s)
+        ordered = sorted(lags)
         return max(0.0, ordered[max(0, -(-99 * len(ordered) // 100) - 1)]) * 1e6
 
 
@@ -118,7 +140,9 @@ async def _with_ticker(run: PreparedRun, work: Awaitable[Any]) -> None:
         await work
     finally:
         task.cancel()
-    run.extra_figures["loop_lag_p99_us"] = ticker.p99_us()
+    run.extra_figures["loop_lag_p99_us"] = ticker.p99_us(ticker.lags_s)
+    run.extra_figures["own_lag_p99_us"] = ticker.p99_us(ticker.own_lags_s)
+    run.extra_figures["own_lag_max_us"] = max(ticker.own_lags_s, default=0.0) * 1e6
 
 
 # -- the check of an appended file: exactly the records written, each whole ------------------
@@ -273,7 +297,9 @@ def _commit_setup(run: PreparedRun) -> None:
     if isinstance(run.target, PwriteBaseline):
         return
     run.state["log_dir"] = log_dir = tempfile.mkdtemp(prefix="asyncwal-", dir=run.directory)
-    opening = AsyncWal.open(log_dir, io=run.target)  # type: ignore[arg-type]
+    # Small segments, so that the run goes through rotations (each one an fdatasync, a new
+    # file and a directory fsync), which must not hold the loop up either.
+    opening = AsyncWal.open(log_dir, io=run.target, segment_bytes=SEGMENT_BYTES)  # type: ignore[arg-type]
     run.state["wal"] = loop.run_until_complete(opening)
 
 
@@ -370,8 +396,19 @@ A2 = register_workload(
         records_per_unit=TASKS,
         bodies={"asyncwal": _commit_asyncwal, "to-thread": _commit_to_thread},
         headline="records_per_s",
-        shown=("records_per_s", "records_per_fdatasync", "loop_lag_p99_us"),
-        labels={"records_per_fdatasync": "records/fdatasync", "loop_lag_p99_us": "lag-p99 µs"},
+        shown=(
+            "records_per_s",
+            "records_per_fdatasync",
+            "loop_lag_p99_us",
+            "own_lag_p99_us",
+            "own_lag_max_us",
+        ),
+        labels={
+            "records_per_fdatasync": "records/fdatasync",
+            "loop_lag_p99_us": "lag-p99 µs",
+            "own_lag_p99_us": "own-lag-p99 µs",
+            "own_lag_max_us": "own-lag-max µs",
+        },
         in_default_run=False,
         quick_scale=0.01,
         setup=_commit_setup,
@@ -379,8 +416,10 @@ A2 = register_workload(
         check=_commit_check,
         note="aio_wal_commit (A2, ASYNC.md): 64 tasks awaiting durable AsyncWal.appends, "
         "against 64 tasks each awaiting asyncio.to_thread(pwrite + fdatasync) per record; "
-        "targets >= 10x to-thread and >= 32 records/fdatasync. lag-p99: how late a task "
-        "waking every millisecond on the same loop woke (p99).",
+        "targets >= 10x to-thread and >= 32 records/fdatasync; the log rotates 4 MiB "
+        "segments. lag-p99: how late a task waking every millisecond on the same loop woke "
+        "(p99); own-lag: the same less the time the loop's thread waited for a CPU "
+        "(target p99 <= 1 ms, max <= 5 ms).",
     )
 )
 
