@@ -28,7 +28,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ._native import IoCompletion
+from ._native import IoCompletion, QueueFullError
 from ._sync_arguments import _as_buffers, _as_bytes_like, _as_offset, _as_position
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file
 
@@ -36,9 +36,14 @@ if TYPE_CHECKING:
     from ._native import IoFd
     from .sync_backend import SyncStorageIo, _RegisteredFile
 
-__all__ = ["NowaitQueue"]
+__all__ = ["NowaitQueue", "QUEUE_BOUND"]
 
 WRITE, SYNC, READ, STREAM = range(4)
+
+# Bytes the queue may hold, counting PER_OPERATION for each operation besides its data: past
+# this a submit_*_nowait call raises QueueFullError and accepts nothing (as on io_uring).
+QUEUE_BOUND = 256 << 20
+PER_OPERATION = 64
 
 # A worker with nothing to do waits this long for more before its thread ends.
 _IDLE_S = 0.5
@@ -50,13 +55,14 @@ class NowaitQueue:
     """The queue of one `SyncStorageIo`'s ``submit_*_nowait`` operations and the worker
     thread that performs them. Its state is guarded by the instance's lock."""
 
-    __slots__ = ("_io", "_queue", "_in_progress", "_ready", "_eventfd", "_worker")
+    __slots__ = ("_io", "_queue", "_cost", "_in_progress", "_ready", "_eventfd", "_worker")
 
     def __init__(self, io: SyncStorageIo) -> None:
         self._io = io
         # (kind, token, record, payload, offset): payload is the bytes of a write, the
         # length of a read, or for a stream the plain submit to make.
         self._queue: list[tuple[int, int, Any, Any, int]] = []
+        self._cost = 0  # what the queued operations count against QUEUE_BOUND
         self._in_progress = 0  # operations the worker has taken and not finished
         self._ready: list[IoCompletion] = []
         self._eventfd: int | None = None
@@ -97,6 +103,14 @@ class NowaitQueue:
         return self._queue_file(READ, record, length, offset)
 
     def _queue_file(self, kind: int, record: _RegisteredFile, payload: Any, offset: int) -> int:
+        cost = PER_OPERATION + (len(payload) if kind == WRITE else 0)
+        if self._queue and self._cost + cost > QUEUE_BOUND:
+            raise QueueFullError(
+                f"{len(self._queue)} operations ({self._cost} bytes) already wait for room, "
+                f"the most a submit that never waits may queue is {QUEUE_BOUND} bytes: await "
+                "earlier operations before submitting more"
+            )
+        self._cost += cost
         io = self._io
         token = io._next_token
         io._next_token = token + 1
@@ -151,6 +165,7 @@ class NowaitQueue:
     def forget_after_fork(self) -> None:
         """In a child after fork(): the worker thread is the parent's."""
         self._queue = []
+        self._cost = 0
         self._ready = []
         self._in_progress = 0
         self._worker = None
@@ -168,6 +183,7 @@ class NowaitQueue:
                     self._worker = None
                     return
                 batch, self._queue = self._queue, []
+                self._cost = 0
                 self._in_progress = len(batch)
             finished = self._perform(batch)
             with io._lock:

@@ -126,10 +126,7 @@ class LoopDriver:
             driver = cls._by_io.get(id(io))
             if driver is not None and driver.io is io and driver._pid == os.getpid():
                 if driver.loop is not loop:
-                    raise RuntimeError(
-                        "this StorageIo is driven by another event loop (the one its first "
-                        "async user ran in); give each loop a StorageIo of its own"
-                    )
+                    driver._move_to(loop)
                 driver._users += 1
                 return driver
             driver = cls(io, loop)
@@ -152,6 +149,24 @@ class LoopDriver:
         except BaseException:
             self._let_go_of_eventfd()
             raise
+
+    def _move_to(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Go on in `loop`: allowed once the loop of the io's other users has stopped with
+        nothing of theirs in flight (one loop after another, as successive `asyncio.run`s
+        do); two loops at once cannot share the io's one eventfd."""
+        if (self.loop.is_running() and not self.loop.is_closed()) or self.waiting:
+            raise RuntimeError(
+                "this StorageIo is driven by another event loop, which still runs or has "
+                "operations in flight; give each loop a StorageIo of its own"
+            )
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._eventfd)
+        loop.add_reader(self._eventfd, self._wake)
+        self.loop = loop
+        self.drain_scheduled = False
+        if self._undelivered:
+            self.drain_scheduled = True
+            loop.call_soon(self.drain)
 
     def detach(self) -> None:
         """One user lets go; the last one stops watching and closes the eventfd."""

@@ -294,7 +294,10 @@ class AsyncStorageIo:
         if driver is not None:
             if self._io.closed:
                 driver.drain()  # fails what waits: the io cannot hand it back any more
-            await self._account.idle(driver.loop)
+            if driver.loop is get_running_loop():
+                await self._account.idle(driver.loop)
+            # Else the loop it ran in has ended, and the io went on to another: what it
+            # started is the io's, which completes it whatever happens here.
             self._driver = None
             driver.detach()
         for own in list(self._syncable.values()):
