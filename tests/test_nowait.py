@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _support import register_path
 from storage_io import QueueFullError
 
