@@ -111,9 +111,11 @@ def test_appends_land_when_aclose_is_cut_short_by_a_timeout(
     io: Any, loop_kind: str, tmp_path: Path
 ) -> None:
     path = tmp_path / "f"
+    cut_short: list[AsyncStorageIo] = []
 
     async def main() -> None:
         aio = AsyncStorageIo(io)
+        cut_short.append(aio)
         fd = register(aio, path)
         start_appends(aio, fd)
         with pytest.raises(asyncio.TimeoutError):
@@ -122,3 +124,9 @@ def test_appends_land_when_aclose_is_cut_short_by_a_timeout(
     run_until_the_loop_ends(main, loop_kind)
     io.close()
     assert_every_chunk_in_call_order(path)
+
+    async def finish_closing() -> None:
+        await cut_short[0].aclose()  # the next aclose() finishes the job, in another loop
+
+    asyncio.run(finish_closing())
+    assert cut_short[0].closed

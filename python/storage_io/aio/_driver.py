@@ -28,6 +28,7 @@ import asyncio
 import os
 import sys
 import threading
+import weakref
 from asyncio import Future
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -105,7 +106,8 @@ class LoopDriver:
     """Drives one io with ``supports_nowait`` from one loop (see the module docstring).
     Made and shared through `attach`; every user calls `detach` once."""
 
-    _by_io: ClassVar[dict[int, LoopDriver]] = {}
+    # Weak: a driver lives while a user or its loop's reader holds it, never for the registry.
+    _by_io: ClassVar[weakref.WeakValueDictionary[int, LoopDriver]] = weakref.WeakValueDictionary()
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
     __slots__ = (
@@ -117,6 +119,7 @@ class LoopDriver:
         "_undelivered",
         "drain_scheduled",
         "_pid",
+        "__weakref__",
     )
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import warnings
+import weakref
 from asyncio import Future, get_running_loop
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Callable, overload
@@ -89,7 +90,7 @@ class AsyncStorageIo:
         self._driver: LoopDriver | None = None
         self._account = Account()
         self._state = _OPEN
-        self._closer: asyncio.Task[None] | None = None
+        self._closer: weakref.ref[asyncio.Task[None]] | None = None
         self._pid = os.getpid()
         # Our own descriptor of each file registered here, for fsync() (metadata too).
         self._syncable: dict[IoFd, int] = {}
@@ -283,9 +284,12 @@ class AsyncStorageIo:
         if self._state == _CLOSED:
             return
         self._state = _CLOSING
-        closer = self._closer
+        # Weak: the loop keeps a closing task alive while it runs; a finished one, cut short,
+        # must not keep this object (the task's traceback holds its frames) from collection.
+        closer = None if self._closer is None else self._closer()
         if closer is None or closer.done():
-            closer = self._closer = get_running_loop().create_task(self._close_steps())
+            closer = get_running_loop().create_task(self._close_steps())
+            self._closer = weakref.ref(closer)
         await asyncio.shield(closer)
 
     async def _close_steps(self) -> None:
