@@ -160,10 +160,7 @@ class LogWorker:
                 # durable, whatever the log's counter says about the commit that failed.
                 self.poison = exc
                 self._durable_at_poison = before
-            report = self._report()
-            if report is not None:
-                self._tell_loop(report, self.durable(), self.poison)
-            del report
+            self._tell_loop(_report_to, self._report, self.durable(), self.poison)
             for fn, future in calls:
                 try:
                     result: Any = fn()
@@ -188,6 +185,18 @@ class LogWorker:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:
             pass  # the loop is closed: nobody waits any more
+
+
+def _report_to(
+    report: weakref.WeakMethod[Callable[[int, BaseException | None], None]],
+    durable: int,
+    poison: BaseException | None,
+) -> None:
+    """On the loop: tell the AsyncWal, if it still exists (a callback waiting in the loop's
+    queue must not keep it alive)."""
+    advance = report()
+    if advance is not None:
+        advance(durable, poison)
 
 
 def _settle(future: Future[Any], ok: bool, value: Any) -> None:
