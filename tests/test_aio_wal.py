@@ -13,7 +13,7 @@ import pytest
 from _aio_support import on_each_loop, run
 from storage_io import ClosedError, SyncStorageIo
 from storage_io.aio import AsyncWal
-from storage_io.wal import Wal, WalPoisonedError
+from storage_io.wal import Wal, WalError, WalPoisonedError
 
 
 def _payload(task: int, seq: int) -> bytes:
@@ -139,3 +139,24 @@ def test_a_failed_fdatasync_poisons_the_waiting_appends(loop_kind: str, tmp_path
         found = list(reopened.replay())
         assert found[0] == (1, b"durable")
         assert all(payload == b"lost" for _, payload in found[1:])
+
+
+@on_each_loop
+def test_a_record_appended_to_the_wal_underneath_is_caught(
+    io: Any, loop_kind: str, tmp_path: Path
+) -> None:
+    """The AsyncWal numbers records at the call; a record appended to its Wal behind its
+    back would shift every LSN it handed out: the log stops, saying why."""
+
+    async def main() -> None:
+        wal = await AsyncWal.open(tmp_path, io=io)
+        assert await wal.append(b"one") == 1
+        wal.wal.append(b"behind its back")
+        with pytest.raises(WalError, match="something else appended"):
+            await wal.append(b"two")
+        with pytest.raises(WalError):
+            wal.append(b"three")
+        with pytest.raises(WalError):  # "two" was accepted and is not durable
+            await wal.aclose()
+
+    run(main, loop_kind)

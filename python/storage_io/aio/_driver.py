@@ -74,11 +74,11 @@ class Account:
     """One async user's operations in flight (their tokens), so that it can wait for its
     own and nobody else's."""
 
-    __slots__ = ("tokens", "_idle_waiters")
+    __slots__ = ("tokens", "idle_waiters")
 
     def __init__(self) -> None:
         self.tokens: set[int] = set()
-        self._idle_waiters: list[Future[None]] = []
+        self.idle_waiters: list[Future[None]] = []
 
     def finished(self, token: int) -> None:
         self.tokens.discard(token)
@@ -86,8 +86,8 @@ class Account:
             self.now_idle()
 
     def now_idle(self) -> None:
-        if self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
+        if self.idle_waiters:
+            waiters, self.idle_waiters = self.idle_waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
@@ -96,7 +96,7 @@ class Account:
         """Resolved once none of this user's operations is in flight."""
         future: Future[None] = loop.create_future()
         if self.tokens:
-            self._idle_waiters.append(future)
+            self.idle_waiters.append(future)
         else:
             future.set_result(None)
         return future
@@ -259,7 +259,7 @@ class LoopDriver:
                             future.set_result(completion.data)
                     tokens = account.tokens
                     tokens.discard(token)
-                    if not tokens:
+                    if not tokens and account.idle_waiters:
                         account.now_idle()
                     del waiting[token]
                 delivered += 1

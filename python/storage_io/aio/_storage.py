@@ -206,12 +206,14 @@ class AsyncStorageIo:
         if driver is None or driver.loop is not get_running_loop() or self._state:
             driver = self._bound()
         token = self._io.submit_write_nowait(fd, data, offset)
-        future: Future[int] = Future(loop=driver.loop)
-        driver.waiting[token] = (future, WRITE, self._account)
-        self._account.tokens.add(token)
+        loop = driver.loop
+        future: Future[int] = loop.create_future()
+        account = self._account
+        driver.waiting[token] = (future, WRITE, account)
+        account.tokens.add(token)
         if not driver.drain_scheduled:
             driver.drain_scheduled = True
-            driver.loop.call_soon(driver.drain)
+            loop.call_soon(driver.drain)
         return Operation(future)
 
     def append(self, fd: IoFd, data: Buffer) -> Operation[int]:
@@ -221,12 +223,14 @@ class AsyncStorageIo:
         if driver is None or driver.loop is not get_running_loop() or self._state:
             driver = self._bound()
         token = self._io.submit_append_nowait(fd, data)
-        future: Future[int] = Future(loop=driver.loop)
-        driver.waiting[token] = (future, WRITE, self._account)
-        self._account.tokens.add(token)
+        loop = driver.loop
+        future: Future[int] = loop.create_future()
+        account = self._account
+        driver.waiting[token] = (future, WRITE, account)
+        account.tokens.add(token)
         if not driver.drain_scheduled:
             driver.drain_scheduled = True
-            driver.loop.call_soon(driver.drain)
+            loop.call_soon(driver.drain)
         return Operation(future)
 
     def writev(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> Operation[int]:

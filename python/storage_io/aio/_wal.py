@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._native import ClosedError
-from ..wal import DEFAULT_SEGMENT_BYTES, Wal, WalPoisonedError
+from ..wal import DEFAULT_SEGMENT_BYTES, Wal, WalError, WalPoisonedError
 from ._arguments import owned_bytes
 from ._driver import running_loop
 from ._offload import run_off_loop
@@ -75,6 +75,7 @@ class LogWorker:
         self._payloads: list[bytes] = []
         self._calls: list[tuple[Callable[[], Any], Future[Any] | None]] = []
         self._wanted = 0  # the highest LSN someone waits to see durable
+        self._numbered = wal.last_lsn  # the LSN the loop gave the last record queued
         self._thread: threading.Thread | None = None
         self._sleeping = False  # the thread waits for work (else it will look again anyway)
         self.poison: BaseException | None = None
@@ -85,6 +86,7 @@ class LogWorker:
     def append(self, payloads: list[bytes], durable: bool, last: int) -> None:
         with self._changed:
             self._payloads.extend(payloads)
+            self._numbered = last
             if durable and last > self._wanted:
                 self._wanted = last
             self._wake()
@@ -93,7 +95,7 @@ class LogWorker:
         """`append` of one record that someone waits to see durable."""
         with self._changed:
             self._payloads.append(payload)
-            self._wanted = lsn
+            self._numbered = self._wanted = lsn
             if self._thread is None or self._sleeping:
                 self._wake()
 
@@ -147,15 +149,19 @@ class LogWorker:
                     return
                 payloads, self._payloads = self._payloads, []
                 calls, self._calls = self._calls, []
-                wanted = self._wanted
+                wanted, numbered = self._wanted, self._numbered
             before = self.durable()
             try:
-                if payloads and self.poison is None:
-                    wal.append_many(payloads)
+                if payloads and self.poison is None and wal.append_many(payloads) != numbered:
+                    raise WalError(
+                        f"the log numbered its last record {wal.last_lsn}, not {numbered} as "
+                        "this AsyncWal told its caller: something else appended to the Wal "
+                        "underneath it"
+                    )
                 if wanted > before and self.poison is None:
                     wal.commit()
                     wal.wait_durable(min(wanted, wal.last_lsn))
-            except (WalPoisonedError, ClosedError) as exc:
+            except (WalError, ClosedError) as exc:
                 # Poisoned, or closed under it (its io closed): nothing more becomes
                 # durable, whatever the log's counter says about the commit that failed.
                 self.poison = exc
@@ -477,8 +483,8 @@ class AsyncWal:
 
 
 def _failure(poison: BaseException) -> BaseException:
-    if isinstance(poison, WalPoisonedError):
-        error: BaseException = WalPoisonedError(str(poison))
+    if isinstance(poison, WalError):
+        error: BaseException = type(poison)(str(poison))
     else:
         error = ClosedError(f"the log was closed before this record was durable ({poison})")
     error.__cause__ = poison
