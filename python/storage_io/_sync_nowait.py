@@ -33,10 +33,15 @@ from ._sync_arguments import _as_buffers, _as_bytes_like, _as_offset, _as_positi
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from typing_extensions import Buffer
+
     from ._native import IoFd
+    from .interface import HasFileno
     from .sync_backend import SyncStorageIo, _RegisteredFile
 
-__all__ = ["NowaitQueue", "QUEUE_BOUND"]
+__all__ = ["NowaitQueue", "QUEUE_BOUND", "submit_write_nowait", "take_nowait_completions"]
 
 WRITE, SYNC, READ, STREAM = range(4)
 
@@ -162,15 +167,6 @@ class NowaitQueue:
     def busy(self) -> bool:
         return bool(self._queue or self._in_progress)
 
-    def forget_after_fork(self) -> None:
-        """In a child after fork(): the worker thread is the parent's."""
-        self._queue = []
-        self._cost = 0
-        self._ready = []
-        self._in_progress = 0
-        self._worker = None
-        self._eventfd = None
-
     # -- on the worker ------------------------------------------------------------------
 
     def _work(self) -> None:
@@ -259,3 +255,77 @@ class NowaitQueue:
             if data is None
             else IoCompletion(token, done.result, data)
         )
+
+
+# -- the methods of SyncStorageIo that use the queue (assigned in its class body) --------------
+
+
+def submit_write_nowait(io: SyncStorageIo, fd: IoFd, data: Buffer, offset: int) -> int:
+    return _call(io, NowaitQueue.write, fd, data, offset, False)
+
+
+def submit_append_nowait(io: SyncStorageIo, fd: IoFd, data: Buffer) -> int:
+    return _call(io, NowaitQueue.write, fd, data, None, False)
+
+
+def submit_writev_nowait(
+    io: SyncStorageIo, fd: IoFd, buffers: Iterable[Buffer], offset: int
+) -> int:
+    return _call(io, NowaitQueue.write, fd, buffers, offset, True)
+
+
+def submit_appendv_nowait(io: SyncStorageIo, fd: IoFd, buffers: Iterable[Buffer]) -> int:
+    return _call(io, NowaitQueue.write, fd, buffers, None, True)
+
+
+def submit_datasync_nowait(io: SyncStorageIo, fd: IoFd) -> int:
+    return _call(io, NowaitQueue.datasync, fd)
+
+
+def submit_read_nowait(io: SyncStorageIo, fd: IoFd, length: int, offset: int) -> int:
+    return _call(io, NowaitQueue.read, fd, length, offset)
+
+
+def _call(io: SyncStorageIo, method: Any, fd: IoFd, *args: Any) -> int:
+    """Under the instance's lock, as every submission: closed first, then the handle."""
+    with io._lock:
+        if io._closed:
+            raise io._closed_error()
+        record = io._lookup(fd)
+        return method(_queue_of(io), fd, record, *args)  # type: ignore[no-any-return]
+
+
+def wait_behind(io: SyncStorageIo) -> None:
+    """A plain datasync or read (lock held) waits until the queue is done, so that it covers
+    or sees every write called before it."""
+    if io._nowait is not None and io._nowait.busy():
+        io._nowait.wait_until_empty()
+
+
+def _queue_of(io: SyncStorageIo) -> NowaitQueue:
+    if io._nowait is None:
+        io._nowait = NowaitQueue(io)
+    return io._nowait
+
+
+def take_nowait_completions(io: SyncStorageIo) -> list[IoCompletion]:
+    with io._lock:
+        if io._closed:
+            raise io._closed_error()
+        return [] if io._nowait is None else io._nowait.take_ready()
+
+
+def register_eventfd(io: SyncStorageIo, fd: int | HasFileno) -> None:
+    with io._lock:
+        if io._closed:
+            raise io._closed_error()
+        _queue_of(io).register_eventfd(fd if isinstance(fd, int) else fd.fileno())
+
+
+def unregister_eventfd(io: SyncStorageIo) -> None:
+    with io._lock:
+        if io._closed:
+            raise io._closed_error()
+        if io._nowait is None:
+            raise OSError(errno.ENXIO, "no eventfd is registered")
+        io._nowait.unregister_eventfd()

@@ -20,13 +20,10 @@ derived from the token counter instead of being counted per call, and an instanc
 across ``fork()`` is caught by the ``closed`` check every call makes anyway (a fork handler
 marks it), not by a per-call pid check.
 
-One idea per module: the argument checks and the messages shared with the io_uring backend
-(`_sync_arguments`), the regular-file I/O itself (`_sync_file_io`), the stream workers
-(`_sync_streams`) and the completion queue with the calls that hand it back
-(`_sync_completions`). This one keeps the class, its registrations and its submit path. The
-helpers are imported as module globals, so the measured submit_write/submit_append look them
-up as they always did, and spell out their steps in one function each.
-"""
+One idea per module: argument checks and messages (`_sync_arguments`), regular-file I/O
+(`_sync_file_io`), stream workers (`_sync_streams`), the completion queue (`_sync_completions`),
+submissions that never wait (`_sync_nowait`). This one keeps the class, its registrations
+and its submit path (submit_write/submit_append spell theirs out, helpers as globals)."""
 
 from __future__ import annotations
 
@@ -36,8 +33,9 @@ import stat
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from . import _sync_nowait as _nowait
 from ._native import (
     BadFdError,
     ClosedError,
@@ -58,7 +56,6 @@ from ._sync_arguments import (
 )
 from ._sync_completions import _CompletionHandBack
 from ._sync_file_io import _datasync, _finish_short_write, _pwrite, _read_file, _write_vector
-from ._sync_nowait import NowaitQueue
 from ._sync_streams import (
     _READ,
     _SYNC,
@@ -177,7 +174,6 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
     )
 
     fallback_reason: str | None
-    supports_nowait = True  # submit_*_nowait: see _sync_nowait
 
     def __init__(self) -> None:
         self.fallback_reason = None
@@ -213,7 +209,7 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         self._append_ends: dict[tuple[int, int], _AppendEnd] = {}
         self._canceller: _Canceller | None = None  # made with the first stream worker
         self._released = False  # close() has closed the descriptors
-        self._nowait: NowaitQueue | None = None  # made by the first submit_*_nowait
+        self._nowait: _nowait.NowaitQueue | None = None  # made by the first *_nowait call
         _live_instances.add(self)
 
     # -- identity ---------------------------------------------------------------------
@@ -246,8 +242,7 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
         self._ready = []
         self._ready_by_token = {}
         self._in_flight = set()
-        if self._nowait is not None:
-            self._nowait.forget_after_fork()
+        self._nowait = None  # its worker thread was the parent's
         if not self._released:
             self._released = True
             try:
@@ -466,8 +461,7 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
-            if self._nowait is not None and self._nowait.busy():
-                self._nowait.wait_until_empty()  # sees every write called before it
+            _nowait.wait_behind(self)  # sees every write called before it
             length = _as_position("length", length)
             offset = _as_offset(offset)
             if record.stream is not None:
@@ -487,8 +481,7 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
             if self._closed:
                 raise self._closed_error()
             record = self._lookup(fd)
-            if self._nowait is not None and self._nowait.busy():
-                self._nowait.wait_until_empty()  # covers every write called before it
+            _nowait.wait_behind(self)  # covers every write called before it
             if record.stream is not None:
                 return self._queue_on_stream(record, _SYNC, None, 0)
             token = self._next_token
@@ -511,56 +504,17 @@ class SyncStorageIo(_CompletionHandBack, _StreamWorkers, StorageIo):
                 self._cond.notify_all()
         return token
 
-    # -- submissions that never wait (for an event loop; see _sync_nowait) ---------------
-
-    def submit_write_nowait(self, fd: IoFd, data: Buffer, offset: int) -> int:
-        return self._call_nowait(NowaitQueue.write, fd, data, offset, False)
-
-    def submit_append_nowait(self, fd: IoFd, data: Buffer) -> int:
-        return self._call_nowait(NowaitQueue.write, fd, data, None, False)
-
-    def submit_writev_nowait(self, fd: IoFd, buffers: Iterable[Buffer], offset: int) -> int:
-        return self._call_nowait(NowaitQueue.write, fd, buffers, offset, True)
-
-    def submit_appendv_nowait(self, fd: IoFd, buffers: Iterable[Buffer]) -> int:
-        return self._call_nowait(NowaitQueue.write, fd, buffers, None, True)
-
-    def submit_datasync_nowait(self, fd: IoFd) -> int:
-        return self._call_nowait(NowaitQueue.datasync, fd)
-
-    def submit_read_nowait(self, fd: IoFd, length: int, offset: int) -> int:
-        return self._call_nowait(NowaitQueue.read, fd, length, offset)
-
-    def _call_nowait(self, method: Any, fd: IoFd, *args: Any) -> int:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            record = self._lookup(fd)
-            if self._nowait is None:
-                self._nowait = NowaitQueue(self)
-            return method(self._nowait, fd, record, *args)  # type: ignore[no-any-return]
-
-    def take_nowait_completions(self) -> list[IoCompletion]:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            return [] if self._nowait is None else self._nowait.take_ready()
-
-    def register_eventfd(self, fd: int | HasFileno) -> None:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            if self._nowait is None:
-                self._nowait = NowaitQueue(self)
-            self._nowait.register_eventfd(fd if isinstance(fd, int) else fd.fileno())
-
-    def unregister_eventfd(self) -> None:
-        with self._lock:
-            if self._closed:
-                raise self._closed_error()
-            if self._nowait is None:
-                raise OSError(errno.ENXIO, "no eventfd is registered")
-            self._nowait.unregister_eventfd()
+    # -- submissions that never wait (for an event loop): the functions of _sync_nowait ----
+    supports_nowait = True
+    submit_write_nowait = _nowait.submit_write_nowait
+    submit_append_nowait = _nowait.submit_append_nowait
+    submit_writev_nowait = _nowait.submit_writev_nowait
+    submit_appendv_nowait = _nowait.submit_appendv_nowait
+    submit_datasync_nowait = _nowait.submit_datasync_nowait
+    submit_read_nowait = _nowait.submit_read_nowait
+    take_nowait_completions = _nowait.take_nowait_completions
+    register_eventfd = _nowait.register_eventfd
+    unregister_eventfd = _nowait.unregister_eventfd
 
     # -- counts -------------------------------------------------------------------------
 
