@@ -7,8 +7,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from storage_io import IoCompletion, StorageIo, Wal
 

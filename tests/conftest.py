@@ -8,8 +8,9 @@ io_uring cases skip, with the reason the backend gives, only when the ring canno
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

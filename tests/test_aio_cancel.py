@@ -95,7 +95,7 @@ def test_a_write_whose_waiter_timed_out_completes(io: Any, loop_kind: str, tmp_p
             fd = register(aio, path)
             try:
                 await asyncio.wait_for(aio.write(fd, big, 0), timeout=1e-6)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             # aclose (async with) waits for it.
 

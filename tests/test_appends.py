@@ -62,7 +62,7 @@ def run_append_sequence(io, tmp_path, prefix, seed=7):
 
 def test_appends_land_back_to_back_in_submission_order(io, tmp_path):
     expected, actual = run_append_sequence(io, tmp_path, "f")
-    for i, (e, a) in enumerate(zip(expected, actual)):
+    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
         assert len(a) == len(e), f"file {i}: {len(a)} bytes, expected {len(e)}"
         assert a == e, f"file {i}: appended bytes out of order or overlapping"
 

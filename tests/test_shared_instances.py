@@ -14,7 +14,7 @@ import random
 import statistics
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

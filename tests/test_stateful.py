@@ -17,6 +17,7 @@ each) by default, 500 (up to 80 steps) under STORAGE_IO_STRESS=1 (docs/reliabili
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -86,7 +87,7 @@ def split(data: bytes, cuts: list) -> list:
     """`data` in pieces (some possibly empty) of different bytes-like types."""
     points = sorted(min(c, len(data)) for c in cuts)
     bounds = [0, *points, len(data)]
-    pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
     return [bytearray(p) if i % 2 else p for i, p in enumerate(pieces)]
 
 

@@ -50,7 +50,9 @@ def test_a_4_mib_write_arrives_intact(io):
         assert "error" not in box, box.get("error")
         received = box["data"]
         if received != payload:
-            first = next(i for i, (a, b) in enumerate(zip(received, payload)) if a != b)
+            first = next(
+                i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b
+            )
             raise AssertionError(f"the pipe delivered different bytes from byte {first} on")
     finally:
         close_quietly(r, w)

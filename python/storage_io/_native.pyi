@@ -3,9 +3,9 @@
 # lives on the `StorageIo` abstract base class in interface.py.
 
 from collections.abc import Iterable
-from typing import ClassVar, Protocol, final
+from typing import ClassVar, Protocol, Self, final
 
-from typing_extensions import Buffer, Self
+from typing_extensions import Buffer
 
 from .interface import StorageIo
 

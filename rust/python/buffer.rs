@@ -10,32 +10,12 @@ use super::arguments::type_name;
 
 /// A borrowed view of any object with the buffer protocol, held until dropped.
 ///
-/// The stable ABI declares PyObject_GetBuffer only from 3.11, but CPython has exported it,
-/// with this `Py_buffer` layout, since 3.0, so a wheel built for 3.9 can still call it.
-#[repr(C)]
-struct RawBuffer {
-    buf: *mut std::ffi::c_void,
-    obj: *mut ffi::PyObject,
-    len: ffi::Py_ssize_t,
-    itemsize: ffi::Py_ssize_t,
-    readonly: std::ffi::c_int,
-    ndim: std::ffi::c_int,
-    format: *mut std::ffi::c_char,
-    shape: *mut ffi::Py_ssize_t,
-    strides: *mut ffi::Py_ssize_t,
-    suboffsets: *mut ffi::Py_ssize_t,
-    internal: *mut std::ffi::c_void,
-}
-
-extern "C" {
-    fn PyObject_GetBuffer(
-        obj: *mut ffi::PyObject,
-        view: *mut RawBuffer,
-        flags: std::ffi::c_int,
-    ) -> std::ffi::c_int;
-    fn PyBuffer_Release(view: *mut RawBuffer);
-}
-
+/// A plain PyBUF_SIMPLE view, through the buffer calls of the 3.11 stable ABI as PyO3
+/// declares them, rather than PyO3's `PyUntypedBuffer`: that one asks for the full layout
+/// (format, shape, strides) and boxes every view, which costs more than 5% of a submit of a
+/// small bytearray (docs/performance.md, "Calling convention"), and a write needs only the
+/// bytes.
+///
 /// What it guarantees: the exporter's memory stays allocated and is not resized until the
 /// view is released (a bytearray refuses to resize while exported), so `as_slice` never
 /// points at freed memory.
@@ -48,16 +28,19 @@ extern "C" {
 /// For the same reason it is not `Send`: it is never handed to a thread that runs
 /// without the GIL.
 pub(super) struct BufferView {
-    raw: RawBuffer,
+    raw: ffi::Py_buffer,
 }
 
 impl BufferView {
     /// A C-contiguous view of `obj` (PyBUF_SIMPLE), or the error the object raised.
     pub(super) fn get(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let mut raw = std::mem::MaybeUninit::<RawBuffer>::zeroed();
+        let mut raw = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed();
         // SAFETY: `obj` is a live object (we hold the GIL and a reference); on success the
-        // view is filled in and must be released exactly once, which Drop does.
-        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), raw.as_mut_ptr(), 0) };
+        // view is filled in and must be released exactly once, which Drop does. For a
+        // PyBUF_SIMPLE request the exporter leaves shape, strides and format NULL, so the
+        // view holds no pointer into itself and stays valid when moved.
+        let rc =
+            unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), raw.as_mut_ptr(), ffi::PyBUF_SIMPLE) };
         if rc != 0 {
             return Err(PyErr::fetch(obj.py()));
         }
@@ -80,7 +63,7 @@ impl Drop for BufferView {
     fn drop(&mut self) {
         // SAFETY: filled by a successful PyObject_GetBuffer and released only here. Drop runs
         // with the GIL held: views are created and dropped inside GIL-holding frames.
-        unsafe { PyBuffer_Release(&mut self.raw) }
+        unsafe { ffi::PyBuffer_Release(&mut self.raw) }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `UringStorageIo` class: its state, the crossings every method shares (holding the
 //! instance with or without the GIL, waiting for room, a handle from an `IoFd`), what it
 //! does when dropped or inherited across fork(), and the three submit methods taken over by
-//! METH_FASTCALL entry points (`fastcall`). Its Python methods are in `methods`.
+//! positional-only METH_FASTCALL entry points (`fastcall`). Its Python methods are in
+//! `methods`.
 
 use pyo3::ffi;
 use pyo3::prelude::*;

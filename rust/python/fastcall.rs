@@ -1,18 +1,19 @@
-//! The hot methods of a class, called with METH_FASTCALL although the wheel is built for the
-//! 3.9 stable ABI.
+//! The hottest methods of a class, called through a positional-only METH_FASTCALL entry
+//! point of their own.
 //!
-//! PyO3 gives every method of an abi3-py39 module the METH_VARARGS | METH_KEYWORDS calling
-//! convention, because the limited API declares METH_FASTCALL only from 3.10: each call then
-//! packs its arguments into a new tuple, which the method unpacks again. For a call that
-//! copies 256 bytes, that packing is a third of its cost. CPython has called functions flagged
-//! METH_FASTCALL | METH_KEYWORDS this way (arguments as a C array, keyword names as a tuple)
-//! since 3.7, so a method installed with that flag works on every interpreter the wheel loads
-//! into.
+//! PyO3 gives every method of a module built for the 3.10 stable ABI or later the
+//! METH_FASTCALL | METH_KEYWORDS convention itself, and most methods here use it. Its entry
+//! point is general: it counts the thread's attachment to the interpreter, and it sorts
+//! positional and keyword arguments into an array of optional slots. For submit_write,
+//! submit_append and submit_datasync that generality costs more than 5% of the call,
+//! measured with the two entry points built side by side (docs/performance.md, "Calling
+//! convention"), so they keep this narrower one: the positional form with the exact arity
+//! runs the body directly.
 //!
-//! Only the positional form is fast. A call with keywords or a wrong number of arguments goes
-//! to the PyO3 method this one replaces, which keeps its parsing and its error messages.
+//! A call with keywords or a wrong number of arguments goes to the PyO3 method this one
+//! replaces, which keeps its parsing and its error messages.
 
-use std::ffi::{c_char, c_int, CString};
+use std::ffi::{c_char, CString};
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
@@ -21,9 +22,6 @@ use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
-
-/// CPython's value for METH_FASTCALL (Include/methodobject.h), unchanged since 3.7.
-const METH_FASTCALL: c_int = 0x0080;
 
 /// The C signature of a METH_FASTCALL | METH_KEYWORDS function.
 pub type RawFastMethod = unsafe extern "C" fn(
@@ -104,7 +102,7 @@ pub fn install(
             // `ml_flags` below says METH_FASTCALL | METH_KEYWORDS.
             PyCFunction: unsafe { std::mem::transmute::<RawFastMethod, ffi::PyCFunction>(raw) },
         },
-        ml_flags: METH_FASTCALL | ffi::METH_KEYWORDS,
+        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
         ml_doc: leak_c_string(&doc),
     }));
     // SAFETY: `ty` is a live type object and `def` is valid for the rest of the process.
@@ -135,8 +133,9 @@ pub unsafe fn call(
     kwnames: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls a method only from a thread attached to the interpreter (holding
-    // the GIL). `Python::attach` would say the same after a PyGILState_Ensure/Release pair,
-    // a fifth of this call's cost; PyO3's own method trampolines assume it without one too.
+    // the GIL). `Python::attach` would say the same at the price of a
+    // PyGILState_Ensure/Release pair on every call; PyO3's own method trampolines assume it
+    // without one too.
     let py = unsafe { Python::assume_attached() };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let nargs = nargs as usize;

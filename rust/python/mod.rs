@@ -9,7 +9,7 @@
 //! - `arguments`: checked extraction of ints, descriptors, timeouts, tokens;
 //! - `buffer`: the buffer-protocol view a write borrows its bytes through;
 //! - `class` and `methods`: the `UringStorageIo` class (`unsupported` off Linux);
-//! - `fastcall`: METH_FASTCALL entry points for the hottest submit methods;
+//! - `fastcall`: positional-only METH_FASTCALL entry points for the hottest submit methods;
 //! - `wal`: the log's classes and functions (`WalFramer`, `WalReplay`...).
 
 mod arguments;

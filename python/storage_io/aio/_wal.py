@@ -43,8 +43,9 @@ from ._operation import Operation
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Self
 
-    from typing_extensions import Buffer, Self
+    from typing_extensions import Buffer
 
     from ..interface import StorageIo
 

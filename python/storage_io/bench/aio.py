@@ -35,8 +35,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Coroutine
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from .. import SyncStorageIo
 from ..aio import AsyncStorageIo, AsyncWal

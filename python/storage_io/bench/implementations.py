@@ -19,9 +19,9 @@ marker) plus the *form* of loop that drives it; a workload holds one loop per fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 from .. import IoUringConfig, RingMode, SyncStorageIo, UringStorageIo
 
@@ -84,7 +84,7 @@ class PwriteBaseline:
         pass
 
 
-Target = Union[Backend, PwriteBaseline]
+Target = Backend | PwriteBaseline
 
 
 class ImplementationUnavailable(Exception):

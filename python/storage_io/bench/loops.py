@@ -9,7 +9,8 @@ them too.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .. import BufferExhaustedError, QueueFullError
 from .implementations import Backend, PwriteBaseline

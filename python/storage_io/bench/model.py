@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .run import PreparedRun
@@ -117,7 +117,7 @@ Body = Callable[["PreparedRun"], None]
 # An untimed step around the body (setup, teardown), or the file check (None: the file is
 # right; else what is wrong with it).
 Hook = Callable[["PreparedRun"], None]
-Check = Callable[["PreparedRun"], Optional[str]]
+Check = Callable[["PreparedRun"], str | None]
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,9 @@ def check_file(path: str, pool: Sequence[bytes], count: int) -> str | None:
             want = cycle[: min(len(cycle), expected - offset)]
             got = f.read(len(want))
             if got != want:
-                at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(got))
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), len(got)
+                )
                 return f"file differs from the bytes written at offset {offset + at}"
             offset += len(want)
     return None

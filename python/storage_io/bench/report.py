@@ -99,7 +99,7 @@ def _align(lines: list[list[str]], first_right: int) -> list[str]:
     for n, line in enumerate(lines):
         cells = [
             cell.rjust(w) if i >= first_right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(line, widths))
+            for i, (cell, w) in enumerate(zip(line, widths, strict=False))
         ]
         out.append("  ".join(cells).rstrip())
         if n == 0:

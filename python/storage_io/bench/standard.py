@@ -25,8 +25,8 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .loops import BACKPRESSURE, DRAIN_TIMEOUT_S, backend_of, collect, commit, drain, reap, retry
 from .loops import pwrite_all as _pwrite_all

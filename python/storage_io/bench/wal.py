@@ -29,8 +29,8 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ..wal import Wal
 from .model import KIB, Workload, register_workload

@@ -27,8 +27,9 @@ from ._state import _wait_for
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Self
 
-    from typing_extensions import Buffer, Self
+    from typing_extensions import Buffer
 
     from ..interface import StorageIo
 
