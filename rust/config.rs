@@ -45,7 +45,8 @@ pub struct IoUringConfig {
     pub ring_entries: u32,
     pub mode: RingMode,
     pub sqpoll_idle_ms: u32,
-    /// The CPU the SQPOLL thread is pinned to; has no effect in STANDARD mode.
+    /// The CPU the SQPOLL thread is pinned to, over the instance's core; has no effect in
+    /// STANDARD mode.
     pub sqpoll_cpu: Option<u32>,
     pub buffer_size: usize,
     pub buffer_count: usize,
@@ -162,6 +163,29 @@ impl IoUringConfig {
     }
 }
 
+impl IoUringConfig {
+    /// The config an instance on `core_id` builds its ring with: its SQPOLL thread pinned to
+    /// `sqpoll_cpu` when that is set, else to `core_id` (the per-core model: the kernel
+    /// thread that serves a core's submissions runs on that core), else to no CPU in
+    /// particular. A `core_id` that is not an online CPU is refused, naming `core_id`.
+    pub fn for_core(&self, core_id: Option<u32>) -> Result<IoUringConfig, ConfigError> {
+        if let Some(core) = core_id {
+            let cpus = online_cpus();
+            if core >= cpus {
+                return Err(out_of_range(
+                    "core_id",
+                    core,
+                    &format!("None or 0..={} (the CPUs online)", cpus - 1),
+                ));
+            }
+        }
+        Ok(IoUringConfig {
+            sqpoll_cpu: self.sqpoll_cpu.or(core_id),
+            ..self.clone()
+        })
+    }
+}
+
 fn online_cpus() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
@@ -182,6 +206,25 @@ mod tests {
         assert_eq!(c.buffer_size, 65_536);
         assert_eq!(c.buffer_count, 256);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_sqpoll_thread_goes_to_sqpoll_cpu_else_to_the_core() {
+        let unpinned = IoUringConfig::default();
+        assert_eq!(unpinned.for_core(None).unwrap().sqpoll_cpu, None);
+        assert_eq!(unpinned.for_core(Some(0)).unwrap().sqpoll_cpu, Some(0));
+        let pinned = IoUringConfig {
+            sqpoll_cpu: Some(0),
+            ..unpinned.clone()
+        };
+        assert_eq!(pinned.for_core(None).unwrap().sqpoll_cpu, Some(0));
+        let last = online_cpus() - 1;
+        assert_eq!(pinned.for_core(Some(last)).unwrap().sqpoll_cpu, Some(0));
+        let refused = unpinned.for_core(Some(100_000)).unwrap_err().0;
+        assert!(
+            refused.starts_with("core_id=100000 is out of range"),
+            "{refused}"
+        );
     }
 
     fn message_of(c: IoUringConfig) -> String {

@@ -224,7 +224,7 @@ def test_repr(make_io, backend_kind):
     if backend_kind == "sync":
         expected = "SyncStorageIo(backend='sync', closed={})"
     else:
-        expected = f"UringStorageIo(backend={io.backend!r}, core_id=0, closed={{}})"
+        expected = f"UringStorageIo(backend={io.backend!r}, core_id=None, closed={{}})"
     assert repr(io) == expected.format(False)
     io.close()
     assert repr(io) == expected.format(True)

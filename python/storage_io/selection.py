@@ -41,7 +41,7 @@ def default_ring_mode() -> RingMode:
 
 
 def open_storage_io(
-    core_id: int = 0,
+    core_id: int | None = None,
     config: IoUringConfig | None = None,
     backend: str = "auto",
 ) -> StorageIo:
@@ -52,7 +52,8 @@ def open_storage_io(
     a low ``RLIMIT_MEMLOCK``...); the returned object's ``.fallback_reason`` then says why.
     ``backend="uring"`` forces io_uring and raises `UringUnavailableError` saying why it
     cannot work; ``backend="sync"`` forces the pure-Python backend (``core_id`` and
-    ``config`` are then ignored).
+    ``config`` are then ignored). ``core_id`` is the CPU an SQPOLL ring's kernel thread runs
+    on (`UringStorageIo`); None leaves it to the scheduler.
 
     When ``config`` is None, the io_uring ring mode is chosen for the machine: SQPOLL when at
     least 4 CPUs are usable, STANDARD below that, because an SQPOLL kernel thread occupies a
@@ -91,7 +92,7 @@ def open_storage_io(
     return io
 
 
-def _uring_with_defaults_that_fit(core_id: int) -> UringStorageIo:
+def _uring_with_defaults_that_fit(core_id: int | None) -> UringStorageIo:
     """The default config in the machine's ring mode; if its 16 MiB of registered buffers
     exceed RLIMIT_MEMLOCK (8 MiB is the usual limit for a process without CAP_IPC_LOCK,
     and every live instance of the process draws on it), the largest pool of the same

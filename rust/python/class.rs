@@ -49,7 +49,7 @@ pub(super) fn fork_generation() -> u64 {
 pub struct PyUringStorageIo {
     pub(super) shared: std::sync::Arc<Shared>,
     pub(super) born_in_fork_generation: u64,
-    pub(super) core_id: usize,
+    pub(super) core_id: Option<u32>,
     pub(super) config: IoUringConfig,
     pub(super) mode: RingMode,
     pub(super) fallback_reason: Option<String>,

@@ -20,23 +20,31 @@ use crate::waiters::{CloseDeadlines, Shared, WaitError};
 
 #[pymethods]
 impl PyUringStorageIo {
-    /// Opens an io_uring instance on `core_id` with `config` (an IoUringConfig; None:
-    /// the defaults). Raises UringUnavailableError saying why when io_uring cannot be
-    /// used here, ValueError for an invalid config.
+    /// Opens an io_uring instance with `config` (an IoUringConfig; None: the defaults).
+    /// `core_id` is the CPU its SQPOLL kernel thread runs on, unless config.sqpoll_cpu names
+    /// another; None leaves the thread to the scheduler. A STANDARD ring has no such thread,
+    /// so there core_id pins nothing; it never pins the caller's threads. Raises
+    /// UringUnavailableError saying why when io_uring cannot be used here, ValueError for an
+    /// invalid config or a core_id that is not an online CPU.
     #[new]
-    #[pyo3(signature = (core_id = None, config = None), text_signature = "(core_id=0, config=None)")]
+    #[pyo3(signature = (core_id = None, config = None))]
     fn new(
         py: Python<'_>,
         core_id: Option<&Bound<'_, PyAny>>,
         config: Option<PyRef<'_, PyIoUringConfig>>,
     ) -> PyResult<Self> {
-        let core_id: usize = core_id.map_or(Ok(0), |v| config_int("core_id", v))?;
+        let core_id: Option<u32> = core_id.map(|v| config_int("core_id", v)).transpose()?;
         let config = config.map(|c| c.inner.clone()).unwrap_or_default();
         config.validate().map_err(|e| PyValueError::new_err(e.0))?;
+        let ring_config = config
+            .for_core(core_id)
+            .map_err(|e| PyValueError::new_err(e.0))?;
         let owner = new_instance_id();
         let born = fork_generation();
+        // The ring manager records the core as a plain number; the pinning is in ring_config.
+        let manager_core = core_id.map_or(0, |c| c as usize);
         let backend = py
-            .detach(|| UringBackend::new(core_id, &config, owner))
+            .detach(|| UringBackend::new(manager_core, &ring_config, owner))
             .map_err(|e| UringUnavailableError::new_err(e.0))?;
         Ok(Self {
             mode: backend.manager().mode(),
@@ -386,9 +394,10 @@ impl PyUringStorageIo {
         self.fallback_reason.clone()
     }
 
-    /// The core_id given at construction.
+    /// The core_id given at construction: the CPU the SQPOLL thread runs on unless
+    /// config.sqpoll_cpu names another, or None.
     #[getter]
-    fn core_id(&self) -> usize {
+    fn core_id(&self) -> Option<u32> {
         self.core_id
     }
 
@@ -445,7 +454,8 @@ impl PyUringStorageIo {
         format!(
             "UringStorageIo(backend='{}', core_id={}, closed={})",
             self.backend(),
-            self.core_id,
+            self.core_id
+                .map_or_else(|| "None".to_string(), |c| c.to_string()),
             if self.closed() { "True" } else { "False" }
         )
     }

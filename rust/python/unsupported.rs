@@ -13,8 +13,8 @@ pub struct PyUringStorageIo;
 #[pymethods]
 impl PyUringStorageIo {
     #[new]
-    #[pyo3(signature = (core_id = 0, config = None))]
-    fn new(core_id: usize, config: Option<PyRef<'_, PyIoUringConfig>>) -> PyResult<Self> {
+    #[pyo3(signature = (core_id = None, config = None))]
+    fn new(core_id: Option<u32>, config: Option<PyRef<'_, PyIoUringConfig>>) -> PyResult<Self> {
         let _ = (core_id, config.is_some());
         Err(UringUnavailableError::new_err(
             "io_uring needs Linux; this is another system",
