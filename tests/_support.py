@@ -53,22 +53,18 @@ def register_path(io: Any, path: Path, flags: int = os.O_WRONLY | os.O_CREAT) ->
 def submit_with_retry(
     io: Any, received: list, method: Callable[..., int], *args: Any, attempts: int = 10_000
 ) -> int:
-    """Submit; on back-pressure (guarantee 7) wait for completions and retry.
+    """Submit; on back-pressure (guarantee 7) wait for a completion and retry, as a caller
+    would. Safe for threads sharing `io`: what a refusal must leave unchanged is checked
+    single-threaded by tests/test_backpressure.py.
 
-    Completions reaped while waiting are appended to `received` in delivery order. A raise
-    while nothing is outstanding would make the caller wait forever: that fails the test.
+    Completions reaped while waiting are appended to `received` in delivery order.
     """
     for _ in range(attempts):
-        before = io.pending_count()
         try:
             return method(*args)
-        except (QueueFullError, BufferExhaustedError) as exc:
-            after = io.pending_count()
-            assert after == before, f"a refused submission changed pending_count: {exc!r}"
-            if after == 0:
-                pytest.fail(f"back-pressure raised with nothing in flight: {exc!r}")
+        except (QueueFullError, BufferExhaustedError):
             received.extend(io.wait(min_complete=1, timeout=5.0))
-    pytest.fail("submission refused too many times")
+    pytest.fail(f"submission refused {attempts} times")
 
 
 def drain(io: Any, received: list | None = None, deadline_s: float = DRAIN_DEADLINE_S) -> list:

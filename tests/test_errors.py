@@ -109,21 +109,6 @@ def test_non_bytes_data_raises_type_error(io, tmp_path, data):
     assert (tmp_path / "f").read_bytes() == b"first"
 
 
-def test_negative_offset_raises_value_error(io, tmp_path):
-    fd = register_path(io, tmp_path / "f")
-    with pytest.raises(ValueError):
-        io.submit_write(fd, b"x", -1)
-    assert io.pending_count() == 0
-
-
-@pytest.mark.parametrize("offset", [1.0, "0", None], ids=repr)
-def test_non_int_offset_raises_type_error(io, tmp_path, offset):
-    fd = register_path(io, tmp_path / "f")
-    with pytest.raises(TypeError):
-        io.submit_write(fd, b"x", offset)
-    assert io.pending_count() == 0
-
-
 def test_argument_checks_in_the_decided_order(io, tmp_path):
     # closed > bad fd > data type > offset value (NATIVE.md).
     fd = register_path(io, tmp_path / "f")
@@ -134,21 +119,6 @@ def test_argument_checks_in_the_decided_order(io, tmp_path):
     io.close()
     with pytest.raises(ClosedError):
         io.submit_write(12345, "not bytes", -1)
-
-
-def test_register_fd_rejects_non_files(io):
-    with pytest.raises(TypeError):
-        io.register_fd("not a file")
-    with pytest.raises(TypeError):
-        io.register_fd(None)
-
-
-def test_register_fd_with_an_invalid_descriptor_raises_oserror(io, tmp_path):
-    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
-    os.close(fd)  # now a dangling number
-    with pytest.raises(OSError) as info:
-        io.register_fd(fd)
-    assert info.value.errno == errno.EBADF
 
 
 @pytest.mark.parametrize("method", ["write", "append"])

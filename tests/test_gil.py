@@ -62,16 +62,18 @@ def waiter():
 sleeper = threading.Thread(target=waiter)
 sleeper.start()
 time.sleep(0.3)
-started = time.monotonic()
-closed = io.closed  # must not wait for the sleeper (it holds the instance while it waits)
-took = time.monotonic() - started
+# The sleeper cannot return before this thread reads the pipe below: a `closed` that waited
+# for it would hang the child, which the parent kills at its timeout.
+closed = io.closed
+sleeper_still_waiting = sleeper.is_alive() and "got" not in box
 received = bytearray()
 while len(received) < SIZE:
     received.extend(os.read(r, 1 << 16))
 sleeper.join(30)
 tokens = [c.token for c in box.get("got", [])]
 io.close()
-print(json.dumps({"closed": closed, "took_s": round(took, 4), "alive": sleeper.is_alive(),
+print(json.dumps({"closed": closed, "sleeper_still_waiting": sleeper_still_waiting,
+                  "alive": sleeper.is_alive(),
                   "tokens_ok": tokens == [token], "intact": bytes(received) == payload}))
 """
 
@@ -82,7 +84,6 @@ def test_closed_while_another_thread_is_in_wait(make_io, backend_kind):
     import json
 
     result = json.loads(out.strip().splitlines()[-1])
-    print(f"\n`closed` took {result['took_s'] * 1e3:.2f} ms while another thread was in wait()")
     assert result["closed"] is False
-    assert result["took_s"] < 1.0, result
+    assert result["sleeper_still_waiting"], result
     assert not result["alive"] and result["tokens_ok"] and result["intact"], result

@@ -98,30 +98,6 @@ def test_register_returns_distinct_handles(io, tmp_path):
     assert hash(a) == hash(a)
 
 
-def test_close_is_idempotent_and_then_every_call_raises_closed(io, tmp_path):
-    fd = register_path(io, tmp_path / "f")
-    assert io.close() is None
-    assert io.close() is None
-    raw = os.open(tmp_path / "g", os.O_WRONLY | os.O_CREAT, 0o644)
-    calls = {
-        "register_fd": lambda: io.register_fd(raw),
-        "deregister_fd": lambda: io.deregister_fd(fd),
-        "submit_write": lambda: io.submit_write(fd, b"x", 0),
-        "submit_append": lambda: io.submit_append(fd, b"x"),
-        "submit_datasync": lambda: io.submit_datasync(fd),
-        "flush": io.flush,
-        "poll_completions": io.poll_completions,
-        "wait": io.wait,
-        "wait(args)": lambda: io.wait(min_complete=0, timeout=0),
-        "pending_count": io.pending_count,
-    }
-    for name, call in calls.items():
-        with pytest.raises(ClosedError):
-            call()
-            pytest.fail(f"{name} did not raise ClosedError after close()")
-    os.close(raw)
-
-
 def test_context_manager_returns_itself_and_closes(make_io, tmp_path):
     io = make_io()
     with io as entered:

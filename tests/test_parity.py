@@ -37,6 +37,10 @@ MISTAKES = [
      "data must be a bytes-like object (bytes, bytearray, memoryview, array...), not str"),
     ("offset not an int", lambda io, fd: io.submit_write(fd, b"x", "0"), TypeError,
      "offset must be an int, not str"),
+    ("offset a float", lambda io, fd: io.submit_write(fd, b"x", 1.0), TypeError,
+     "offset must be an int, not float"),
+    ("offset None", lambda io, fd: io.submit_write(fd, b"x", None), TypeError,
+     "offset must be an int, not NoneType"),
     ("negative offset", lambda io, fd: io.submit_write(fd, b"x", -1), ValueError,
      f"offset=-1 is out of range: allowed 0..={MAX}"),
     ("offset too large", lambda io, fd: io.submit_write(fd, b"x", 2**63), ValueError,
@@ -72,11 +76,17 @@ MISTAKES = [
      "tokens must be an iterable of tokens (ints), not int"),
     ("token not an int", lambda io, fd: io.wait_for(["a"]), TypeError,
      "a token must be an int, not str"),
+    ("token a float", lambda io, fd: io.wait_for([1.0]), TypeError,
+     "a token must be an int, not float"),
+    ("wait_for NaN timeout", lambda io, fd: io.wait_for([], timeout=float("nan")), ValueError,
+     "timeout=nan is out of range: allowed None or a finite number >= 0"),
     ("unknown token", lambda io, fd: io.wait_for([12345]), ValueError,
      "token 12345 is not outstanding on this instance (never returned by submit_*, or "
      "already handed back)"),
     ("file neither int nor fileno()", lambda io, fd: io.register_fd("x"), TypeError,
      "file must be an int descriptor or have fileno(), not str"),
+    ("file None", lambda io, fd: io.register_fd(None), TypeError,
+     "file must be an int descriptor or have fileno(), not NoneType"),
 ]  # fmt: skip
 
 
@@ -152,8 +162,11 @@ def calls_on(io, fd) -> dict:
         "flush": io.flush,
         "poll_completions": io.poll_completions,
         "wait": lambda: io.wait(timeout=0),
+        "wait without arguments": io.wait,
         "wait with a bad timeout": lambda: io.wait(timeout=-1),
         "wait_for": lambda: io.wait_for([], timeout=0),
+        "wait_for without a timeout": lambda: io.wait_for([]),
+        "wait_for an unknown token": lambda: io.wait_for([1], timeout=0),
         "pending_count": io.pending_count,
         "metrics": io.metrics,
     }

@@ -38,14 +38,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from _support import STRESS, call_with_timeout, pattern
+from _support import STRESS, call_with_timeout, pattern, submit_with_retry
 from conftest import build_backend
 from storage_io import (
     BadFdError,
-    BufferExhaustedError,
     ClosedError,
     IoFd,
-    QueueFullError,
     SyncStorageIo,
 )
 from storage_io._native import new_instance_id
@@ -156,17 +154,14 @@ class StorageMachine(RuleBasedStateMachine):
 
     def submit(self, method: Any, *args: Any) -> int:
         """Submit; on back-pressure wait for completions and retry (guarantee 7)."""
-        for _ in range(1000):
-            try:
-                token = self.call(lambda: method(*args))
-            except (QueueFullError, BufferExhaustedError):
-                assert len(self.submitted) > len(self.collected), "refused with nothing pending"
-                self.take(self.call(lambda: self.io.wait(min_complete=1, timeout=5.0)))
-                continue
-            assert token not in self.submitted, f"token {token} returned twice"
-            self.submitted.add(token)
-            return token
-        raise AssertionError("submission refused 1000 times")
+        received: list = []
+        try:
+            token = self.call(lambda: submit_with_retry(self.io, received, method, *args))
+        finally:
+            self.take(received)
+        assert token not in self.submitted, f"token {token} returned twice"
+        self.submitted.add(token)
+        return token
 
     def write_range(self, file: File, start: int, size: int) -> None:
         """Before writing [start, start + size): unless overlaps are allowed, wait for every

@@ -27,10 +27,10 @@ from _support import (
     parse_thread_records,
     register_path,
     scaled,
+    submit_with_retry,
     thread_record,
 )
 from conftest import build_backend
-from storage_io import BufferExhaustedError, QueueFullError
 
 THREADS = 8
 SHARED_OPS = scaled(20_000, 100_000)  # one instance, eight threads
@@ -68,16 +68,6 @@ def assert_slots(data: bytes, written: dict[int, tuple[int, int]]) -> None:
     assert len(data) == (max(written) + 1) * SLOT
 
 
-def submit(io: Any, sink: list, method: Any, *args: Any) -> int:
-    """Submit, retrying on back-pressure (guarantee 7) after collecting some completions."""
-    for _ in range(10_000):
-        try:
-            return method(*args)
-        except (QueueFullError, BufferExhaustedError):
-            sink.extend(io.wait(min_complete=1, timeout=0.1))
-    raise AssertionError("submission refused 10,000 times")
-
-
 class Worker:
     """One thread's share: appends to a shared file and to its own, positional writes into
     its own slots of a positional file, a datasync now and then, polls and waits."""
@@ -111,7 +101,7 @@ class Worker:
             else:
                 target = self.shared if seq % 16 == 7 else self.own
                 method, args = io.submit_datasync, (target,)
-            self.tokens.append(submit(io, self.received, method, *args))
+            self.tokens.append(submit_with_retry(io, self.received, method, *args))
             if seq % 32 == 31:
                 self.received.extend(io.poll_completions())
             if seq % 512 == 511:
@@ -270,7 +260,7 @@ def test_fork_while_threads_submit(uring_kind, tmp_path):
                 while not stop.is_set():
                     # A big append now and then keeps operations in flight across each fork.
                     rec = record(tid, seq, rng)
-                    tok = submit(io, received, io.submit_append, fd, rec)
+                    tok = submit_with_retry(io, received, io.submit_append, fd, rec)
                     with lock:
                         tokens.append(tok)
                         seqs[tid].append(seq)
@@ -311,10 +301,12 @@ def test_fork_while_threads_submit(uring_kind, tmp_path):
         # The parent's ring keeps working through many more operations.
         rng = random.Random(99)
         for seq in range(FORK_OPS_AFTER):
-            tokens.append(submit(io, received, io.submit_append, fd, record(7, seq, rng)))
+            tokens.append(
+                submit_with_retry(io, received, io.submit_append, fd, record(7, seq, rng))
+            )
             seqs.setdefault(7, []).append(seq)
             if seq % 256 == 255:
-                tokens.append(submit(io, received, io.submit_datasync, fd))
+                tokens.append(submit_with_retry(io, received, io.submit_datasync, fd))
                 received.extend(io.poll_completions())
         completions = drain(io, received)
         assert_exactly_once(completions, tokens)

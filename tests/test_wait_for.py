@@ -17,6 +17,7 @@ import pytest
 from _support import (
     LIVENESS_TIMEOUT_S,
     assert_exactly_once,
+    call_with_timeout,
     close_quietly,
     drain,
     register_path,
@@ -74,10 +75,10 @@ def test_timeout_zero_is_a_probe(io, tmp_path, stuck_read):
             assert time.monotonic() < deadline, "a finished write never became ready"
             time.sleep(0.01)
     assert [c.token for c in got] == [done]
-    started = time.monotonic()
+    # The read cannot finish before the write below: a probe that waited would hang, and
+    # call_with_timeout fails the test instead.
     with pytest.raises(TimeoutError):
-        io.wait_for([pending], timeout=0)
-    assert time.monotonic() - started < 1.0, "timeout=0 waited"
+        call_with_timeout(lambda: io.wait_for([pending], timeout=0), LIVENESS_TIMEOUT_S)
     os.write(w, b"!")
     assert wait_for_all(io, [pending])[0].data == b"!"
 
@@ -87,10 +88,8 @@ def test_timeout_hands_back_nothing(io, tmp_path, stuck_read):
     fd = register_path(io, tmp_path / "f")
     done = io.submit_append(fd, b"done")
     pending = io.submit_read(rfd, 3, 0)
-    started = time.monotonic()
     with pytest.raises(TimeoutError):
         io.wait_for([done, pending], timeout=0.2)
-    assert time.monotonic() - started >= 0.15, "gave up before its timeout"
     assert io.pending_count() == 2, "a timed-out wait_for handed something back"
     # The finished one is still there for whoever asks, and so is the other, later.
     assert [c.token for c in wait_for_all(io, [done])] == [done]
@@ -169,9 +168,10 @@ def test_wait_does_not_wait_for_tokens_claimed_by_wait_for(io, stuck_read):
     )
     thread.start()
     time.sleep(0.2)
-    started = time.monotonic()
-    assert io.wait(min_complete=1, timeout=5.0) == []
-    assert time.monotonic() - started < 2.0, "wait() waited for another thread's token"
+    # No timeout: a wait() that waited for the claimed read would sleep until the write
+    # below, and call_with_timeout fails the test instead.
+    assert call_with_timeout(lambda: io.wait(min_complete=1), LIVENESS_TIMEOUT_S) == []
+    assert thread.is_alive(), "the wait_for() returned before its read could finish"
     os.write(w, b"x")
     thread.join(LIVENESS_TIMEOUT_S)
     assert not thread.is_alive()
@@ -230,32 +230,6 @@ def test_a_token_another_wait_for_waits_for_raises_value_error(io, stuck_read):
         os.write(w, b"x")
         thread.join(LIVENESS_TIMEOUT_S)
     assert io.pending_count() == 0
-
-
-@pytest.mark.parametrize(
-    ("tokens", "timeout", "exc"),
-    [
-        (5, None, TypeError),
-        (["1"], None, TypeError),
-        ([1.0], None, TypeError),
-        ([], "1", TypeError),
-        ([], -1, ValueError),
-        ([], float("nan"), ValueError),
-    ],
-    ids=repr,
-)
-def test_bad_arguments(io, tokens, timeout, exc):
-    with pytest.raises(exc):
-        io.wait_for(tokens, timeout=timeout)
-
-
-def test_after_close_raises_closed_error(make_io):
-    io = make_io()
-    io.close()
-    with pytest.raises(ClosedError):
-        io.wait_for([])
-    with pytest.raises(ClosedError):
-        io.wait_for([1], timeout=0)
 
 
 def test_close_does_not_leave_a_waiter_hanging(make_io):
