@@ -66,10 +66,6 @@ from ._sync_streams import (
     _stream_socket,
     _StreamWorkers,
 )
-
-# The stream queue's bounds, importable from here where they were first defined.
-from ._sync_streams import STREAM_MAX_BYTES as STREAM_MAX_BYTES
-from ._sync_streams import STREAM_MAX_OPERATIONS as STREAM_MAX_OPERATIONS
 from .interface import StorageIo
 
 if TYPE_CHECKING:
