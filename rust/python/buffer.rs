@@ -12,9 +12,9 @@ use super::arguments::type_name;
 ///
 /// A plain PyBUF_SIMPLE view, through the buffer calls of the 3.11 stable ABI as PyO3
 /// declares them, rather than PyO3's `PyUntypedBuffer`: that one asks for the full layout
-/// (format, shape, strides) and boxes every view, which costs more than 5% of a submit of a
-/// small bytearray (docs/performance.md, "Calling convention"), and a write needs only the
-/// bytes.
+/// (format, shape, strides) and allocates every view on the heap, which a write does not
+/// need and which makes a submit of a small bytearray measurably slower (docs/performance.md,
+/// "Calling convention").
 ///
 /// What it guarantees: the exporter's memory stays allocated and is not resized until the
 /// view is released (a bytearray refuses to resize while exported), so `as_slice` never
