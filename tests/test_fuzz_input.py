@@ -415,7 +415,8 @@ def test_register_fd_out_of_range_descriptor(fuzz_env, via):
 
 
 def test_core_id_out_of_range():
-    # core_id is extracted as usize: -1 is an OverflowError, not a ValueError.
+    # A negative core_id is a ValueError naming it, not the OverflowError of a bare
+    # conversion to an unsigned integer.
     config = IoUringConfig(mode=RingMode.STANDARD, buffer_size=4096, buffer_count=8)
     got = outcome(lambda: UringStorageIo(core_id=-1, config=config))
     if isinstance(got, UringUnavailableError):
