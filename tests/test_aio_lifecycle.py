@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -291,12 +290,9 @@ def test_the_awaitables_work_with_every_asyncio_way_of_waiting(
             done, _ = await asyncio.wait({future})
             assert done == {future} and future.result() == 1
             assert await asyncio.create_task(aio.append(fd, b"f")) == 1
-            if sys.version_info >= (3, 11):
-                async with asyncio.TaskGroup() as group:
-                    task = group.create_task(aio.append(fd, b"g"))
-                assert task.result() == 1
-            else:
-                await aio.append(fd, b"g")
+            async with asyncio.TaskGroup() as group:
+                task = group.create_task(aio.append(fd, b"g"))
+            assert task.result() == 1
             assert await aio.read(fd, 16, 0) == b"abcdefg"
 
     run(main, loop_kind)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -91,15 +91,14 @@ def test_appends_of_a_cancelled_task_group_all_land(
         pass
 
     async def main() -> None:
-        if sys.version_info >= (3, 11):
-            aio = AsyncStorageIo(io)
-            fd = register(aio, path)
-            with pytest.raises(ExceptionGroup) as raised:  # noqa: F821 - Python >= 3.11
-                async with asyncio.TaskGroup() as group:
-                    for index in range(COUNT):
-                        group.create_task(aio.append(fd, chunk(index)))
-                    raise Stop
-            assert raised.group_contains(Stop)  # the group was cancelled, its appends too
+        aio = AsyncStorageIo(io)
+        fd = register(aio, path)
+        with pytest.raises(ExceptionGroup) as raised:  # noqa: F821 - Python >= 3.11
+            async with asyncio.TaskGroup() as group:
+                for index in range(COUNT):
+                    group.create_task(aio.append(fd, chunk(index)))
+                raise Stop
+        assert raised.group_contains(Stop)  # the group was cancelled, its appends too
 
     run_until_the_loop_ends(main, loop_kind)
     io.close()

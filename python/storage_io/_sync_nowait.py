@@ -183,7 +183,7 @@ class NowaitQueue:
                 self._in_progress = len(batch)
             finished = self._perform(batch)
             with io._lock:
-                for (_, token, record, _, _), completion in zip(batch, finished):
+                for (_, token, record, _, _), completion in zip(batch, finished, strict=True):
                     record.syncing -= 1
                     io._in_flight.discard(token)
                     if completion.result < 0:

@@ -7,8 +7,8 @@ import os
 import warnings
 import weakref
 from asyncio import Future, get_running_loop
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable, overload
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, overload
 
 from .._native import ClosedError, IoFd
 from ..selection import open_storage_io
@@ -20,8 +20,9 @@ from ._operation import Operation
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
+    from typing import Self
 
-    from typing_extensions import Buffer, Self
+    from typing_extensions import Buffer
 
     from ..interface import HasFileno, StorageIo
 

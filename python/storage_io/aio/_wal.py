@@ -31,8 +31,8 @@ import threading
 import warnings
 import weakref
 from asyncio import Future, get_running_loop
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .._native import ClosedError
 from ..wal import DEFAULT_SEGMENT_BYTES, Wal, WalError, WalPoisonedError
